@@ -1,0 +1,174 @@
+"""Persisting execution-state changes: the entity row and its event-log row, one transaction.
+
+Every executor goes through here, so the rule "persist first, publish after commit" lives in
+one place: each method commits, then returns the StatusChanged the caller publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from actors.messages import StatusChanged
+from storage import queries
+from storage.db import Database
+from storage.models import DataSource, ExecutionEvent, Graph, utcnow
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETENTION = 10_000
+PRUNE_EVERY = 100
+INTERRUPTED = "interrupted by a restart: run the node again"
+
+
+def status_from_row(row: ExecutionEvent) -> StatusChanged:
+    """An event-log row as the message that was (or would have been) published for it."""
+    return StatusChanged(
+        project_id=row.project_id,
+        sequence=row.sequence,
+        entity=row.entity,
+        entity_id=row.entity_id,
+        node_id=row.node_id,
+        state=row.payload,
+        timestamp=queries.rfc3339(row.created_at) or "",
+    )
+
+
+class StateStore:
+    """Writes state changes; `retention` is how many events per project the log keeps."""
+
+    def __init__(self, db: Database, retention: int = DEFAULT_RETENTION) -> None:
+        if retention < 1:
+            raise ValueError(f"retention must be at least 1 event, got {retention}")
+        self.db = db
+        self.retention = retention
+
+    # --- data sources -------------------------------------------------------------------
+
+    def data_source(
+        self, data_source_id: int, change: Callable[[DataSource], None]
+    ) -> StatusChanged:
+        """Apply `change` to the data source row and log its new state, atomically."""
+        with self.db.write() as s:
+            source = queries.require_data_source(s, data_source_id)
+            change(source)
+            source.updated_at = utcnow()
+            s.flush()
+            row = self._log(
+                s,
+                source.project_id,
+                "datasource",
+                source.id,
+                None,
+                queries.data_source_payload(source),
+            )
+            return status_from_row(row)
+
+    def data_source_processing(self, data_source_id: int) -> StatusChanged:
+        def change(source: DataSource) -> None:
+            source.status = "processing"
+            source.execution_state = "processing"
+            source.error_message = None
+
+        return self.data_source(data_source_id, change)
+
+    def data_source_pending(self, data_source_id: int) -> StatusChanged:
+        def change(source: DataSource) -> None:
+            source.execution_state = "pending"
+            source.error_message = None
+
+        return self.data_source(data_source_id, change)
+
+    def data_source_completed(
+        self, data_source_id: int, graph_json: dict[str, Any]
+    ) -> StatusChanged:
+        def change(source: DataSource) -> None:
+            source.graph_json = graph_json
+            source.status = "active"
+            source.execution_state = "completed"
+            source.error_message = None
+            source.processed_at = utcnow()
+
+        return self.data_source(data_source_id, change)
+
+    def data_source_failed(self, data_source_id: int, error: str) -> StatusChanged:
+        def change(source: DataSource) -> None:
+            source.status = "error"
+            source.execution_state = "error"
+            source.error_message = error
+
+        return self.data_source(data_source_id, change)
+
+    def data_source_reset(self, data_source_id: int, reason: str) -> StatusChanged:
+        def change(source: DataSource) -> None:
+            source.execution_state = "not_started"
+            source.error_message = reason
+
+        return self.data_source(data_source_id, change)
+
+    # --- graphs -------------------------------------------------------------------------
+
+    def graph(
+        self, project_id: int, node_id: str, change: Callable[[Graph], None]
+    ) -> StatusChanged:
+        with self.db.write() as s:
+            graph = queries.get_or_create_graph(s, project_id, node_id)
+            change(graph)
+            graph.updated_at = utcnow()
+            s.flush()
+            row = self._log(s, project_id, "graph", graph.id, node_id, queries.graph_payload(graph))
+            return status_from_row(row)
+
+    # --- the log ------------------------------------------------------------------------
+
+    def _log(
+        self,
+        s: Session,
+        project_id: int,
+        entity: str,
+        entity_id: int,
+        node_id: str | None,
+        payload: dict[str, Any],
+        now: datetime | None = None,
+    ) -> ExecutionEvent:
+        row = queries.record_event(
+            s,
+            project_id,
+            entity=entity,
+            entity_id=entity_id,
+            node_id=node_id,
+            payload=payload,
+            now=now,
+        )
+        if row.sequence % PRUNE_EVERY == 0 or self.retention < PRUNE_EVERY:
+            queries.prune_events(s, project_id, self.retention)
+        return row
+
+    def recover_interrupted(self) -> list[StatusChanged]:
+        """Everything a crash left in `processing` (or `pending`) becomes `error`."""
+        with self.db.read() as s:
+            sources = s.scalars(
+                select(DataSource.id).where(
+                    DataSource.execution_state.in_(("processing", "pending"))
+                )
+            ).all()
+            graphs = s.execute(
+                select(Graph.project_id, Graph.node_id).where(
+                    Graph.execution_state.in_(("processing", "pending"))
+                )
+            ).all()
+        changes = [self.data_source_failed(source_id, INTERRUPTED) for source_id in sources]
+
+        def interrupted(graph: Graph) -> None:
+            graph.execution_state = "error"
+            graph.error_message = INTERRUPTED
+
+        changes += [self.graph(pid, node_id, interrupted) for pid, node_id in graphs]
+        if changes:
+            log.warning("marked %d interrupted executions as error", len(changes))
+        return changes

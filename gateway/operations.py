@@ -1,0 +1,193 @@
+"""Parsing, validating and preparing GraphQL operations, once per distinct document.
+
+A load of 1,000 subscribers sends the same document 1,000 times: it is parsed and validated
+once (an LRU cache keyed by its text), and subscribers with the same document and variables
+share one `SubscriptionSelection`, so each event is executed and serialised once for all.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    FieldNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    execute,
+    get_operation_ast,
+    parse,
+    validate,
+)
+from graphql.execution.values import get_argument_values, get_variable_values
+
+
+def error_dict(error: GraphQLError) -> dict[str, Any]:
+    return error.formatted  # message, locations, path, extensions: the spec's shape
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedDocument:
+    document: DocumentNode | None
+    errors: tuple[dict[str, Any], ...] = ()
+
+
+class DocumentCache:
+    """Parsed and validated documents by their text (bounded, thread-safe)."""
+
+    def __init__(self, schema: GraphQLSchema, size: int = 512, max_depth: int = 10) -> None:
+        self.schema = schema
+        self.size = size
+        self.max_depth = max_depth
+        self._cache: OrderedDict[str, PreparedDocument] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, query: str) -> PreparedDocument:
+        with self._lock:
+            prepared = self._cache.get(query)
+            if prepared is not None:
+                self._cache.move_to_end(query)
+                return prepared
+        prepared = self._prepare(query)
+        with self._lock:
+            self._cache[query] = prepared
+            if len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return prepared
+
+    def _prepare(self, query: str) -> PreparedDocument:
+        try:
+            document = parse(query)
+        except GraphQLError as error:
+            return PreparedDocument(None, (error_dict(error),))
+        errors = validate(self.schema, document)
+        if errors:
+            return PreparedDocument(None, tuple(error_dict(e) for e in errors))
+        depth = document_depth(document)
+        if depth > self.max_depth:
+            return PreparedDocument(
+                None,
+                (
+                    {
+                        "message": f"query depth {depth} exceeds the limit of "
+                        f"{self.max_depth}: ask for fewer nested fields",
+                        "extensions": {"code": "QUERY_TOO_DEEP", "limit": self.max_depth},
+                    },
+                ),
+            )
+        return PreparedDocument(document)
+
+
+def document_depth(document: DocumentNode) -> int:
+    """The deepest field nesting of any operation (fragments followed, cycles are invalid
+    and refused by validation before this runs)."""
+    fragments = {d.name.value: d for d in document.definitions if d.kind == "fragment_definition"}
+
+    def depth(selection_set: Any, seen: frozenset[str]) -> int:
+        if selection_set is None:
+            return 0
+        best = 0
+        for sel in selection_set.selections:
+            if sel.kind == "field":
+                best = max(best, 1 + depth(sel.selection_set, seen))
+            elif sel.kind == "inline_fragment":
+                best = max(best, depth(sel.selection_set, seen))
+            elif sel.kind == "fragment_spread":
+                name = sel.name.value
+                if name in fragments and name not in seen:
+                    best = max(best, depth(fragments[name].selection_set, seen | {name}))
+        return best
+
+    return max(
+        (
+            depth(d.selection_set, frozenset())
+            for d in document.definitions
+            if isinstance(d, OperationDefinitionNode)
+        ),
+        default=0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRequest:
+    """What a subscribe message asks for, with its arguments coerced."""
+
+    project_id: int
+    after_sequence: int | None
+    snapshot: bool
+
+
+def operation_of(document: DocumentNode, operation_name: str | None) -> OperationDefinitionNode:
+    operation = get_operation_ast(document, operation_name)
+    if operation is None:
+        if operation_name:
+            raise GraphQLError(f"Unknown operation named '{operation_name}'.")
+        raise GraphQLError("Must provide operation name if query contains multiple operations.")
+    return operation
+
+
+def subscription_request(
+    schema: GraphQLSchema,
+    operation: OperationDefinitionNode,
+    variables: dict[str, Any] | None,
+) -> SubscriptionRequest:
+    """Coerce the variables and read the arguments of the one subscription field."""
+    coerced = get_variable_values(schema, operation.variable_definitions or (), variables or {})
+    if isinstance(coerced, list):
+        raise coerced[0]
+    field_node = operation.selection_set.selections[0]
+    if not isinstance(field_node, FieldNode) or field_node.name.value != (
+        "nodeExecutionStatusChanged"
+    ):
+        raise GraphQLError(
+            "subscriptions must select nodeExecutionStatusChanged directly (not through a fragment)"
+        )
+    field_def = schema.subscription_type.fields["nodeExecutionStatusChanged"]  # type: ignore[union-attr]
+    args = get_argument_values(field_def, field_node, coerced)
+    return SubscriptionRequest(
+        project_id=args["projectId"],
+        after_sequence=args.get("afterSequence"),
+        snapshot=bool(args.get("snapshot")),
+    )
+
+
+class SubscriptionSelection:
+    """One distinct (document, variables): renders an event to its `next` payload bytes.
+
+    Executed with graphql-core's plain `execute` on the event as root value: no per-subscriber
+    state lives in graphql-core between events, so memory stays flat however long the
+    stream.
+    """
+
+    __slots__ = ("key", "schema", "document", "variables", "operation_name")
+
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        query: str,
+        document: DocumentNode,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+    ) -> None:
+        self.key = (query, operation_name, orjson.dumps(variables, option=orjson.OPT_SORT_KEYS))
+        self.schema = schema
+        self.document = document
+        self.variables = variables
+        self.operation_name = operation_name
+
+    def render(self, event: dict[str, Any]) -> bytes:
+        result = execute(
+            self.schema,
+            self.document,
+            root_value=event,
+            variable_values=self.variables,
+            operation_name=self.operation_name,
+        )
+        assert isinstance(result, ExecutionResult)  # every resolver here is synchronous
+        return orjson.dumps(result.formatted)

@@ -1,0 +1,401 @@
+"""The GraphQL schema (from schema.graphql) and its resolvers.
+
+Resolvers are synchronous and run on the gateway's worker threads (never on the event
+loop): each reads or writes in one transaction, then publishes what changed after commit.
+They return plain dicts shaped like the contract's types, so graphql-core's default
+resolver serves every field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graphql import GraphQLError, GraphQLResolveInfo, GraphQLSchema, build_schema
+
+from actors import processing
+from actors.bus import Bus
+from actors.events import node_events
+from actors.executors import Executors
+from actors.hub import Hub
+from actors.messages import PlanChanged
+from actors.state import StateStore, status_from_row
+from storage import queries
+from storage.db import Database
+from storage.models import DataSource, Graph, PlanDagEdge, PlanDagNode, Project
+
+SCHEMA_SDL = (Path(__file__).parent / "schema.graphql").read_text()
+MAX_EVENTS_PAGE = 1000
+
+
+@dataclass
+class Services:
+    """Everything a resolver may use; one per process."""
+
+    db: Database
+    store: StateStore
+    bus: Bus
+    hub: Hub
+    executors: Executors | None = None
+
+
+@dataclass
+class RequestContext:
+    """Per operation: the services and who is asking."""
+
+    services: Services
+    # Project ids the caller may touch; None means every project (auth off, or admin).
+    scope: frozenset[int] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def check_project(self, project_id: int) -> None:
+        if self.scope is not None and project_id not in self.scope:
+            raise GraphQLError(
+                f"this token is not allowed to access project {project_id}",
+                extensions={"code": "FORBIDDEN"},
+            )
+
+
+# --- dict shapes of the contract's types --------------------------------------------------
+
+
+def project_dict(p: Project) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "name": p.name,
+        "description": p.description,
+        "createdAt": queries.rfc3339(p.created_at),
+        "updatedAt": queries.rfc3339(p.updated_at),
+    }
+
+
+def node_dict(n: PlanDagNode, execution_state: str = "not_started") -> dict[str, Any]:
+    return {
+        "id": n.id,
+        "nodeType": n.node_type,
+        "config": n.config,
+        "metadata": n.node_metadata,
+        "positionX": n.position_x,
+        "positionY": n.position_y,
+        "executionState": execution_state,
+    }
+
+
+def edge_dict(e: PlanDagEdge) -> dict[str, Any]:
+    return {"id": e.id, "source": e.source, "target": e.target, "metadata": e.edge_metadata}
+
+
+def data_source_dict(d: DataSource) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "projectId": d.project_id,
+        "name": d.name,
+        "filename": d.filename,
+        "fileFormat": d.file_format,
+        "dataType": d.data_type,
+        "status": d.status,
+        "executionState": d.execution_state,
+        "errorMessage": d.error_message,
+        "processedAt": queries.rfc3339(d.processed_at),
+    }
+
+
+def graph_dict(g: Graph) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "projectId": g.project_id,
+        "nodeId": g.node_id,
+        "executionState": g.execution_state,
+        "nodeCount": g.node_count,
+        "edgeCount": g.edge_count,
+        "computedDate": queries.rfc3339(g.computed_date),
+        "errorMessage": g.error_message,
+    }
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _ctx(info: GraphQLResolveInfo) -> RequestContext:
+    return info.context
+
+
+def node_execution_states(s: Any, project_id: int, nodes: list[PlanDagNode]) -> dict[str, str]:
+    """Each node's current executionState: its data source's, or its graph's."""
+    sources = {d.id: d.execution_state for d in queries.list_data_sources(s, project_id)}
+    graphs = {g.node_id: g.execution_state for g in queries.list_graphs(s, project_id)}
+    states = {}
+    for node in nodes:
+        if node.node_type == "DataSourceNode":
+            source_id = (node.config or {}).get("dataSourceId")
+            states[node.id] = sources.get(source_id, "not_started")
+        else:
+            states[node.id] = graphs.get(node.id, "not_started")
+    return states
+
+
+def _plan_changed(ctx: RequestContext, project_id: int) -> None:
+    ctx.services.bus.publish(PlanChanged(project_id))
+
+
+def _node_fields(node: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "node_type": node["nodeType"],
+        "config": node["config"],
+        "metadata": node.get("metadata"),
+        "position_x": node.get("positionX"),
+        "position_y": node.get("positionY"),
+    }
+
+
+# --- Query --------------------------------------------------------------------------------
+
+
+def resolve_projects(_root: Any, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
+    ctx = _ctx(info)
+    with ctx.services.db.read() as s:
+        return [
+            project_dict(p)
+            for p in queries.list_projects(s)
+            if ctx.scope is None or p.id in ctx.scope
+        ]
+
+
+def resolve_project(_root: Any, info: GraphQLResolveInfo, id: int) -> dict[str, Any] | None:
+    ctx = _ctx(info)
+    ctx.check_project(id)
+    with ctx.services.db.read() as s:
+        project = queries.get_project(s, id)
+        return project_dict(project) if project else None
+
+
+def resolve_plan_dag(_root: Any, info: GraphQLResolveInfo, projectId: int) -> dict[str, Any] | None:
+    ctx = _ctx(info)
+    ctx.check_project(projectId)
+    with ctx.services.db.read() as s:
+        if queries.get_project(s, projectId) is None:
+            return None
+        nodes = list(queries.list_nodes(s, projectId))
+        states = node_execution_states(s, projectId, nodes)
+        return {
+            "projectId": projectId,
+            "nodes": [node_dict(n, states[n.id]) for n in nodes],
+            "edges": [edge_dict(e) for e in queries.list_edges(s, projectId)],
+        }
+
+
+def resolve_data_sources(
+    _root: Any, info: GraphQLResolveInfo, projectId: int
+) -> list[dict[str, Any]]:
+    ctx = _ctx(info)
+    ctx.check_project(projectId)
+    with ctx.services.db.read() as s:
+        return [data_source_dict(d) for d in queries.list_data_sources(s, projectId)]
+
+
+def resolve_graphs(_root: Any, info: GraphQLResolveInfo, projectId: int) -> list[dict[str, Any]]:
+    ctx = _ctx(info)
+    ctx.check_project(projectId)
+    with ctx.services.db.read() as s:
+        return [graph_dict(g) for g in queries.list_graphs(s, projectId)]
+
+
+def resolve_execution_events(
+    _root: Any,
+    info: GraphQLResolveInfo,
+    projectId: int,
+    afterSequence: int | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    ctx = _ctx(info)
+    ctx.check_project(projectId)
+    if limit < 1 or limit > MAX_EVENTS_PAGE:
+        raise GraphQLError(f"limit must be between 1 and {MAX_EVENTS_PAGE}, got {limit}")
+    with ctx.services.db.read() as s:
+        queries.require_project(s, projectId)
+        rows = queries.events_after(s, projectId, afterSequence or 0, limit)
+        by_source, types = queries.node_routes(s, projectId)
+    events: list[dict[str, Any]] = []
+    for row in rows:
+        events.extend(node_events(status_from_row(row), lambda i: by_source.get(i, ()), types.get))
+    return events
+
+
+# --- Mutation -----------------------------------------------------------------------------
+
+
+def resolve_create_project(
+    _root: Any, info: GraphQLResolveInfo, input: dict[str, Any]
+) -> dict[str, Any]:
+    ctx = _ctx(info)
+    if ctx.scope is not None:
+        raise GraphQLError(
+            "this token is scoped to projects and cannot create one: use an admin token",
+            extensions={"code": "FORBIDDEN"},
+        )
+    with ctx.services.db.write() as s:
+        return project_dict(queries.create_project(s, input["name"], input.get("description")))
+
+
+def resolve_delete_project(_root: Any, info: GraphQLResolveInfo, id: int) -> bool:
+    ctx = _ctx(info)
+    ctx.check_project(id)
+    with ctx.services.db.write() as s:
+        deleted = queries.delete_project(s, id)
+    if deleted:
+        _plan_changed(ctx, id)
+    return deleted
+
+
+def resolve_add_node(
+    _root: Any, info: GraphQLResolveInfo, projectId: int, node: dict[str, Any]
+) -> dict[str, Any]:
+    ctx = _ctx(info)
+    ctx.check_project(projectId)
+    with ctx.services.db.write() as s:
+        row = queries.add_node(s, projectId, node_id=node.get("id"), **_node_fields(node))
+        result = node_dict(row, node_execution_states(s, projectId, [row])[row.id])
+    _plan_changed(ctx, projectId)
+    return result
+
+
+def resolve_update_node(
+    _root: Any, info: GraphQLResolveInfo, projectId: int, nodeId: str, node: dict[str, Any]
+) -> dict[str, Any]:
+    ctx = _ctx(info)
+    ctx.check_project(projectId)
+    with ctx.services.db.write() as s:
+        row = queries.update_node(s, projectId, nodeId, **_node_fields(node))
+        result = node_dict(row, node_execution_states(s, projectId, [row])[row.id])
+    _plan_changed(ctx, projectId)
+    return result
+
+
+def resolve_delete_node(_root: Any, info: GraphQLResolveInfo, projectId: int, nodeId: str) -> bool:
+    ctx = _ctx(info)
+    ctx.check_project(projectId)
+    with ctx.services.db.write() as s:
+        deleted = queries.delete_node(s, projectId, nodeId)
+    if deleted:
+        _plan_changed(ctx, projectId)
+    return deleted
+
+
+def resolve_add_edge(
+    _root: Any, info: GraphQLResolveInfo, projectId: int, edge: dict[str, Any]
+) -> dict[str, Any]:
+    ctx = _ctx(info)
+    ctx.check_project(projectId)
+    with ctx.services.db.write() as s:
+        row = queries.add_edge(
+            s,
+            projectId,
+            source=edge["source"],
+            target=edge["target"],
+            edge_id=edge.get("id"),
+            metadata=edge.get("metadata"),
+        )
+        result = edge_dict(row)
+    _plan_changed(ctx, projectId)
+    return result
+
+
+def resolve_delete_edge(_root: Any, info: GraphQLResolveInfo, projectId: int, edgeId: str) -> bool:
+    ctx = _ctx(info)
+    ctx.check_project(projectId)
+    with ctx.services.db.write() as s:
+        deleted = queries.delete_edge(s, projectId, edgeId)
+    if deleted:
+        _plan_changed(ctx, projectId)
+    return deleted
+
+
+def _executors(ctx: RequestContext) -> Executors:
+    if ctx.services.executors is None:
+        raise GraphQLError(
+            "this server runs no executors (--no-executors) and has no work queue configured",
+            extensions={"code": "NO_EXECUTORS"},
+        )
+    return ctx.services.executors
+
+
+def resolve_create_data_source(
+    _root: Any, info: GraphQLResolveInfo, input: dict[str, Any]
+) -> dict[str, Any]:
+    ctx = _ctx(info)
+    project_id = input["projectId"]
+    ctx.check_project(project_id)
+    executors = _executors(ctx)
+    try:
+        processing.validate_format(input["fileFormat"], input["dataType"])
+    except processing.ProcessingError as error:
+        raise GraphQLError(str(error), extensions={"code": "BAD_USER_INPUT"}) from error
+    with ctx.services.db.write() as s:
+        source, _node = queries.create_data_source(
+            s,
+            project_id,
+            name=input["name"],
+            filename=input["filename"],
+            file_format=input["fileFormat"],
+            data_type=input["dataType"],
+            content=input["content"],
+        )
+        result = data_source_dict(source)
+    _plan_changed(ctx, project_id)
+    executors.process_data_source(result["id"])
+    return result
+
+
+def resolve_reprocess_data_source(_root: Any, info: GraphQLResolveInfo, id: int) -> dict[str, Any]:
+    ctx = _ctx(info)
+    with ctx.services.db.read() as s:
+        source = queries.require_data_source(s, id)
+        ctx.check_project(source.project_id)
+        result = data_source_dict(source)
+    _executors(ctx).process_data_source(id)
+    return result
+
+
+RESOLVERS: dict[str, Callable[..., Any]] = {
+    "Query.projects": resolve_projects,
+    "Query.project": resolve_project,
+    "Query.planDag": resolve_plan_dag,
+    "Query.dataSources": resolve_data_sources,
+    "Query.graphs": resolve_graphs,
+    "Query.executionEvents": resolve_execution_events,
+    "Mutation.createProject": resolve_create_project,
+    "Mutation.deleteProject": resolve_delete_project,
+    "Mutation.addPlanDagNode": resolve_add_node,
+    "Mutation.updatePlanDagNode": resolve_update_node,
+    "Mutation.deletePlanDagNode": resolve_delete_node,
+    "Mutation.addPlanDagEdge": resolve_add_edge,
+    "Mutation.deletePlanDagEdge": resolve_delete_edge,
+    "Mutation.createDataSource": resolve_create_data_source,
+    "Mutation.reprocessDataSource": resolve_reprocess_data_source,
+    # The subscription's documents are executed against one event at a time, as root.
+    "Subscription.nodeExecutionStatusChanged": lambda root, _info, **_args: root,
+}
+
+
+def make_schema(resolvers: dict[str, Callable[..., Any]] | None = None) -> GraphQLSchema:
+    """The schema with resolvers attached; fields without one are refused at startup
+    rather than answering null at run time (no silent stub)."""
+    schema = build_schema(SCHEMA_SDL)
+    table = {**RESOLVERS, **(resolvers or {})}
+    for type_name in ("Query", "Mutation", "Subscription"):
+        graphql_type = schema.get_type(type_name)
+        for field_name, field_def in graphql_type.fields.items():  # type: ignore[union-attr]
+            resolver = table.get(f"{type_name}.{field_name}")
+            if resolver is None:
+                resolver = _unavailable(f"{type_name}.{field_name}")
+            field_def.resolve = resolver
+    return schema
+
+
+def _unavailable(name: str) -> Callable[..., Any]:
+    def resolve(*_args: Any, **_kwargs: Any) -> Any:
+        raise GraphQLError(f"{name} is not available on this server")
+
+    return resolve

@@ -1,0 +1,384 @@
+"""The websockets server: a thin adapter between sockets and the protocol core.
+
+Each connection feeds received messages to its `ServerProtocol` and carries out the actions
+it returns. Queries and mutations run on worker threads; subscriptions are handed to the
+project's actor through the hub, which fills the connection's outbox from its own thread.
+One writer task per connection drains the outbox, so frames leave in the order they were
+produced and a slow socket never blocks anyone but itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from graphql import ExecutionResult, GraphQLError, GraphQLSchema, OperationType, execute
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from gateway import protocol as p
+from gateway.mailbox import SLOW_CONSUMER_CODE, Outbox, SubscriptionMailbox
+from gateway.metrics import GatewayMetrics
+from gateway.operations import (
+    DocumentCache,
+    SubscriptionSelection,
+    error_dict,
+    operation_of,
+    subscription_request,
+)
+from gateway.schema import RequestContext, Services
+
+log = logging.getLogger(__name__)
+
+WEBSOCKET_PATHS = ("/graphql", "/graphql/ws")
+
+
+@dataclass
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    init_timeout: float = 3.0
+    max_message_bytes: int = 1_000_000
+    max_operations: int = 100
+    max_connections: int = 10_000
+    max_depth: int = 10
+    mailbox_capacity: int = 1000
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    origins: list[str] | None = None
+    worker_threads: int = 8
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Gateway:
+    """Serves one process's sockets and HTTP endpoints on one port."""
+
+    def __init__(
+        self, services: Services, schema: GraphQLSchema, config: GatewayConfig | None = None
+    ) -> None:
+        self.services = services
+        self.schema = schema
+        self.config = config or GatewayConfig()
+        self.documents = DocumentCache(schema, max_depth=self.config.max_depth)
+        self.metrics = GatewayMetrics(lambda: services.hub.actor_count)
+        self.pool = ThreadPoolExecutor(self.config.worker_threads, thread_name_prefix="graphql")
+        self.connections: set[Connection] = set()
+        self.server: Server | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> Server:
+        self.server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            subprotocols=[p.SUBPROTOCOL],
+            process_request=self._process_request,
+            max_size=self.config.max_message_bytes,
+            ping_interval=self.config.ping_interval,
+            ping_timeout=self.config.ping_timeout,
+            compression=None,
+            write_limit=256 * 1024,
+        )
+        return self.server
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self, drain_seconds: float = 2.0) -> None:
+        """Stop accepting, let writers flush what is queued, then close with 1001."""
+        if self.server is None:
+            return
+        self.server.close(close_connections=False)
+        deadline = asyncio.get_running_loop().time() + drain_seconds
+        while any(c.outbox.waiting for c in self.connections):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        for connection in list(self.connections):
+            await connection.ws.close(1001, "server shutting down")
+        await self.server.wait_closed()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return self._http(connection, path)
+        if path not in WEBSOCKET_PATHS:
+            return _response(
+                HTTPStatus.NOT_FOUND,
+                f"no WebSocket endpoint at {path}: use /graphql or /graphql/ws\n",
+            )
+        if len(self.connections) >= self.config.max_connections:
+            return _response(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"connection limit of {self.config.max_connections} reached: retry later\n",
+            )
+        return None
+
+    def _http(self, connection: ServerConnection, path: str) -> Response:
+        if path == "/healthz":
+            return self.healthz()
+        if path == "/metrics":
+            return _response(
+                HTTPStatus.OK,
+                self.metrics.render(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        return _response(HTTPStatus.NOT_FOUND, f"nothing at {path}\n")
+
+    def healthz(self) -> Response:
+        database = self.services.db.ping()
+        bus = self.services.bus.healthy()
+        body = {
+            "status": "ok" if database and bus else "degraded",
+            "database": {"ok": database, "url": self.services.db.describe()},
+            "bus": {"ok": bus},
+            "connections": len(self.connections),
+            "projectActors": self.services.hub.actor_count,
+        }
+        status = HTTPStatus.OK if database and bus else HTTPStatus.SERVICE_UNAVAILABLE
+        return _response(status, orjson.dumps(body), "application/json")
+
+    # --- WebSocket ----------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        if ws.subprotocol != p.SUBPROTOCOL:
+            await ws.close(p.CloseCode.SUBPROTOCOL_NOT_ACCEPTABLE, "Subprotocol not acceptable")
+            return
+        connection = Connection(self, ws)
+        self.connections.add(connection)
+        self.metrics.connections.inc()
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+            self.metrics.connections.dec()
+
+    def authenticate(self, payload: dict[str, Any] | None) -> frozenset[int] | None | bool:
+        """The connection's scope: None for every project, a set of ids, or False (refused).
+
+        Auth is added by the auth module; without it every connection sees every project.
+        """
+        return None
+
+
+def _response(status: HTTPStatus, body: bytes | str, content_type: str = "text/plain") -> Response:
+    if isinstance(body, str):
+        body = body.encode()
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return Response(status.value, status.phrase, headers, body)
+
+
+class Connection:
+    """One socket: its protocol state, its outbox, its operations."""
+
+    def __init__(self, gateway: Gateway, ws: ServerConnection) -> None:
+        self.gateway = gateway
+        self.ws = ws
+        self.loop = asyncio.get_running_loop()
+        self.protocol = p.ServerProtocol(max_operations=gateway.config.max_operations)
+        self.outbox = Outbox(
+            self.loop,
+            on_slow_consumer=self._on_slow_consumer,
+            on_coalesced=gateway.metrics.frames_coalesced.inc,
+        )
+        self.context = RequestContext(gateway.services)
+        self.subscriptions: dict[str, tuple[int, SubscriptionMailbox]] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.closing = False
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._write_loop())
+        timer = self.loop.call_later(self.gateway.config.init_timeout, self._on_init_timeout)
+        try:
+            async for message in self.ws:
+                await self._apply(self.protocol.receive(message))
+        except ConnectionClosed:
+            pass
+        finally:
+            timer.cancel()
+            self._end_everything()
+            self.outbox.close()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await asyncio.wait_for(writer, timeout=5)
+
+    def _end_everything(self) -> None:
+        hub = self.gateway.services.hub
+        for project_id, mailbox in self.subscriptions.values():
+            hub.unsubscribe(project_id, mailbox.key)
+            self.outbox.drop(mailbox.serial)
+        self.gateway.metrics.subscriptions.dec(len(self.subscriptions))
+        self.subscriptions.clear()
+        for task in self.tasks.values():
+            task.cancel()
+        self.tasks.clear()
+
+    async def _write_loop(self) -> None:
+        delivered = self.gateway.metrics.frames_delivered
+        try:
+            while (frames := await self.outbox.take()) is not None:
+                for frame in frames:
+                    await self.ws.send(frame, text=True)
+                delivered.inc(len(frames))
+        except ConnectionClosed:
+            pass
+
+    # --- protocol actions ---------------------------------------------------------------
+
+    async def _apply(self, actions: list[p.Action]) -> None:
+        for action in actions:
+            if isinstance(action, p.Send):
+                self.outbox.put_control(action.text)
+            elif isinstance(action, p.Close):
+                await self._close(action.code, action.reason)
+            elif isinstance(action, p.Authenticate):
+                await self._authenticate(action.payload)
+            elif isinstance(action, p.StartOperation):
+                await self._start(action)
+            elif isinstance(action, p.StopOperation):
+                self._stop(action.id)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self._end_everything()
+        await self.ws.close(code, reason)
+
+    def _on_init_timeout(self) -> None:
+        asyncio.ensure_future(self._apply(self.protocol.init_timeout()))
+
+    def _on_slow_consumer(self, reason: str) -> None:
+        if self.closing:
+            return
+        self.gateway.metrics.slow_consumers_closed.inc()
+        asyncio.ensure_future(self._close(SLOW_CONSUMER_CODE, reason))
+
+    async def _authenticate(self, payload: dict[str, Any] | None) -> None:
+        scope = await self.loop.run_in_executor(
+            self.gateway.pool, self.gateway.authenticate, payload
+        )
+        if scope is False:
+            await self._apply(self.protocol.reject("Forbidden"))
+            return
+        self.context = RequestContext(self.gateway.services, scope=scope or None)
+        await self._apply(self.protocol.accept())
+
+    async def _start(self, op: p.StartOperation) -> None:
+        prepared = self.gateway.documents.get(op.query)
+        if prepared.document is None:
+            await self._apply(self.protocol.error(op.id, list(prepared.errors)))
+            return
+        try:
+            operation = operation_of(prepared.document, op.operation_name)
+        except GraphQLError as error:
+            await self._apply(self.protocol.error(op.id, [error_dict(error)]))
+            return
+        if operation.operation == OperationType.SUBSCRIPTION:
+            await self._subscribe(op, prepared.document, operation)
+        else:
+            task = asyncio.create_task(self._execute(op, prepared.document))
+            self.tasks[op.id] = task
+
+    async def _subscribe(self, op: p.StartOperation, document: Any, operation: Any) -> None:
+        schema = self.gateway.schema
+        try:
+            request = subscription_request(schema, operation, op.variables)
+            self.context.check_project(request.project_id)
+        except GraphQLError as error:
+            await self._apply(self.protocol.error(op.id, [error_dict(error)]))
+            return
+        selection = SubscriptionSelection(
+            schema, op.query, document, op.variables, op.operation_name
+        )
+        mailbox: SubscriptionMailbox
+
+        def on_fail(errors: list[dict[str, Any]]) -> None:
+            self.loop.call_soon_threadsafe(self._subscription_failed, op.id, mailbox, errors)
+
+        mailbox = SubscriptionMailbox(
+            self.outbox,
+            p.ServerProtocol.next_prefix(op.id),
+            selection,
+            self.gateway.config.mailbox_capacity,
+            on_fail,
+        )
+        self.subscriptions[op.id] = (request.project_id, mailbox)
+        self.gateway.metrics.subscriptions.inc()
+        # Told synchronously, before the next message of this socket is read: anything the
+        # client does after subscribing is ordered after the subscription in the actor.
+        self.gateway.services.hub.subscribe(
+            request.project_id,
+            mailbox,
+            after_sequence=request.after_sequence,
+            snapshot=request.snapshot,
+        )
+
+    def _subscription_failed(
+        self, op_id: str, mailbox: SubscriptionMailbox, errors: list[dict[str, Any]]
+    ) -> None:
+        current = self.subscriptions.get(op_id)
+        if current is None or current[1] is not mailbox:
+            return  # already completed by the client (and maybe the id reused)
+        del self.subscriptions[op_id]
+        self.gateway.metrics.subscriptions.dec()
+        asyncio.ensure_future(self._apply(self.protocol.error(op_id, errors)))
+
+    def _stop(self, op_id: str) -> None:
+        entry = self.subscriptions.pop(op_id, None)
+        if entry is not None:
+            project_id, mailbox = entry
+            self.outbox.drop(mailbox.serial)
+            self.gateway.services.hub.unsubscribe(project_id, mailbox.key)
+            self.gateway.metrics.subscriptions.dec()
+        task = self.tasks.pop(op_id, None)
+        if task is not None:
+            task.cancel()
+
+    async def _execute(self, op: p.StartOperation, document: Any) -> None:
+        """A query or mutation: one `next`, then `complete`."""
+        task = asyncio.current_task()
+        try:
+            result = await self.loop.run_in_executor(
+                self.gateway.pool, self._execute_sync, op, document
+            )
+            if self.tasks.get(op.id) is not task:
+                return  # the client completed it meanwhile
+            payload = orjson.dumps(result.formatted).decode()
+            self.outbox.put_control(self.protocol.next_text(op.id, payload))
+            await self._apply(self.protocol.complete(op.id))
+        except asyncio.CancelledError:
+            pass
+        except Exception as error:  # noqa: BLE001 - an operation's failure is the client's answer
+            log.exception("operation %s failed", op.id)
+            if self.tasks.get(op.id) is task:
+                await self._apply(
+                    self.protocol.error(op.id, [{"message": f"internal error: {error}"}])
+                )
+        finally:
+            if self.tasks.get(op.id) is task:
+                del self.tasks[op.id]
+
+    def _execute_sync(self, op: p.StartOperation, document: Any) -> ExecutionResult:
+        result = execute(
+            self.gateway.schema,
+            document,
+            context_value=self.context,
+            variable_values=op.variables,
+            operation_name=op.operation_name,
+        )
+        assert isinstance(result, ExecutionResult)
+        return result

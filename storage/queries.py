@@ -1,0 +1,441 @@
+"""The queries the gateway and the actors need, each taking an open Session.
+
+Nothing here commits: the caller's ``Database.write()`` block is the transaction, so that an
+entity row and its event-log row are always persisted together.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from storage.models import (
+    NODE_TYPES,
+    DataSource,
+    ExecutionEvent,
+    Graph,
+    PlanDagEdge,
+    PlanDagNode,
+    Project,
+    utcnow,
+)
+
+
+class NotFound(LookupError):
+    """A named row does not exist; the message says which."""
+
+
+class InvalidInput(ValueError):
+    """Input that breaks a data rule; the message names the field and what to do."""
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    """UTC, RFC 3339, millisecond precision: what the frontend parses."""
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite returns naive datetimes; they were stored as UTC
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- projects ---------------------------------------------------------------------------
+
+
+def create_project(s: Session, name: str, description: str | None = None) -> Project:
+    name = name.strip()
+    if not name:
+        raise InvalidInput("name must not be empty")
+    if len(name) > 200:
+        raise InvalidInput(f"name is {len(name)} characters long: the limit is 200")
+    project = Project(name=name, description=description)
+    s.add(project)
+    s.flush()
+    return project
+
+
+def get_project(s: Session, project_id: int) -> Project | None:
+    return s.get(Project, project_id)
+
+
+def require_project(s: Session, project_id: int) -> Project:
+    project = s.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"project {project_id} does not exist")
+    return project
+
+
+def list_projects(s: Session) -> Sequence[Project]:
+    return s.scalars(select(Project).order_by(Project.id)).all()
+
+
+def delete_project(s: Session, project_id: int) -> bool:
+    project = s.get(Project, project_id)
+    if project is None:
+        return False
+    # Children first: not every SQLite build enforces ON DELETE CASCADE on composite keys.
+    for model in (PlanDagEdge, PlanDagNode, ExecutionEvent, Graph, DataSource):
+        s.execute(delete(model).where(model.project_id == project_id))
+    s.delete(project)
+    return True
+
+
+# --- Plan DAG -----------------------------------------------------------------------------
+
+
+def list_nodes(s: Session, project_id: int) -> Sequence[PlanDagNode]:
+    stmt = select(PlanDagNode).where(PlanDagNode.project_id == project_id)
+    return s.scalars(stmt.order_by(PlanDagNode.created_at, PlanDagNode.id)).all()
+
+
+def list_edges(s: Session, project_id: int) -> Sequence[PlanDagEdge]:
+    stmt = select(PlanDagEdge).where(PlanDagEdge.project_id == project_id)
+    return s.scalars(stmt.order_by(PlanDagEdge.id)).all()
+
+
+def get_node(s: Session, project_id: int, node_id: str) -> PlanDagNode | None:
+    return s.get(PlanDagNode, (project_id, node_id))
+
+
+def require_node(s: Session, project_id: int, node_id: str) -> PlanDagNode:
+    node = get_node(s, project_id, node_id)
+    if node is None:
+        raise NotFound(f"node '{node_id}' does not exist in project {project_id}")
+    return node
+
+
+def _check_node_fields(node_type: str, config: Any) -> None:
+    if node_type not in NODE_TYPES:
+        raise InvalidInput(f"nodeType '{node_type}' is not one of {', '.join(NODE_TYPES)}")
+    if not isinstance(config, dict):
+        raise InvalidInput("config must be a JSON object")
+    if node_type == "DataSourceNode" and "dataSourceId" in config:
+        if not isinstance(config["dataSourceId"], int) or isinstance(config["dataSourceId"], bool):
+            raise InvalidInput("config.dataSourceId must be an integer data source id")
+
+
+def add_node(
+    s: Session,
+    project_id: int,
+    *,
+    node_type: str,
+    config: dict[str, Any],
+    node_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    position_x: float | None = None,
+    position_y: float | None = None,
+) -> PlanDagNode:
+    require_project(s, project_id)
+    _check_node_fields(node_type, config)
+    node_id = node_id or f"{node_type.removesuffix('Node').lower()}_{uuid.uuid4().hex[:8]}"
+    if get_node(s, project_id, node_id) is not None:
+        raise InvalidInput(f"node id '{node_id}' is already used in project {project_id}")
+    node = PlanDagNode(
+        project_id=project_id,
+        id=node_id,
+        node_type=node_type,
+        config=config,
+        node_metadata=metadata,
+        position_x=position_x,
+        position_y=position_y,
+    )
+    s.add(node)
+    s.flush()
+    return node
+
+
+def update_node(
+    s: Session,
+    project_id: int,
+    node_id: str,
+    *,
+    node_type: str,
+    config: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+    position_x: float | None = None,
+    position_y: float | None = None,
+) -> PlanDagNode:
+    node = require_node(s, project_id, node_id)
+    _check_node_fields(node_type, config)
+    node.node_type = node_type
+    node.config = config
+    node.node_metadata = metadata
+    node.position_x = position_x
+    node.position_y = position_y
+    node.updated_at = utcnow()
+    s.flush()
+    return node
+
+
+def delete_node(s: Session, project_id: int, node_id: str) -> bool:
+    node = get_node(s, project_id, node_id)
+    if node is None:
+        return False
+    s.execute(
+        delete(PlanDagEdge).where(
+            PlanDagEdge.project_id == project_id,
+            (PlanDagEdge.source == node_id) | (PlanDagEdge.target == node_id),
+        )
+    )
+    s.execute(delete(Graph).where(Graph.project_id == project_id, Graph.node_id == node_id))
+    s.delete(node)
+    return True
+
+
+def add_edge(
+    s: Session,
+    project_id: int,
+    *,
+    source: str,
+    target: str,
+    edge_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> PlanDagEdge:
+    require_project(s, project_id)
+    for field, node_id in (("source", source), ("target", target)):
+        if get_node(s, project_id, node_id) is None:
+            raise InvalidInput(f"edge {field} '{node_id}' is not a node of project {project_id}")
+    if source == target:
+        raise InvalidInput(f"edge from '{source}' to itself would make a cycle")
+    edge_id = edge_id or f"edge_{uuid.uuid4().hex[:8]}"
+    if s.get(PlanDagEdge, (project_id, edge_id)) is not None:
+        raise InvalidInput(f"edge id '{edge_id}' is already used in project {project_id}")
+    edge = PlanDagEdge(
+        project_id=project_id, id=edge_id, source=source, target=target, edge_metadata=metadata
+    )
+    s.add(edge)
+    s.flush()
+    return edge
+
+
+def delete_edge(s: Session, project_id: int, edge_id: str) -> bool:
+    result = s.execute(
+        delete(PlanDagEdge).where(PlanDagEdge.project_id == project_id, PlanDagEdge.id == edge_id)
+    )
+    return bool(result.rowcount)
+
+
+def data_source_node_ids(s: Session, project_id: int, data_source_id: int) -> list[str]:
+    """Every DataSourceNode of the project whose config names the data source.
+
+    Read in Python rather than with a JSON path expression so that it is the same query on
+    SQLite and PostgreSQL; the node-ID cache of the project actor makes it rare.
+    """
+    return sorted(
+        node_id
+        for node_id, config in s.execute(
+            select(PlanDagNode.id, PlanDagNode.config).where(
+                PlanDagNode.project_id == project_id,
+                PlanDagNode.node_type == "DataSourceNode",
+            )
+        )
+        if isinstance(config, dict) and config.get("dataSourceId") == data_source_id
+    )
+
+
+def node_routes(s: Session, project_id: int) -> tuple[dict[int, list[str]], dict[str, str]]:
+    """The whole node-ID map of a project: data source id → node ids, node id → node type."""
+    by_source: dict[int, list[str]] = {}
+    types: dict[str, str] = {}
+    for node_id, node_type, config in s.execute(
+        select(PlanDagNode.id, PlanDagNode.node_type, PlanDagNode.config).where(
+            PlanDagNode.project_id == project_id
+        )
+    ):
+        types[node_id] = node_type
+        if node_type == "DataSourceNode" and isinstance(config, dict):
+            source_id = config.get("dataSourceId")
+            if isinstance(source_id, int):
+                by_source.setdefault(source_id, []).append(node_id)
+    for ids in by_source.values():
+        ids.sort()
+    return by_source, types
+
+
+# --- data sources -------------------------------------------------------------------------
+
+
+def create_data_source(
+    s: Session,
+    project_id: int,
+    *,
+    name: str,
+    filename: str,
+    file_format: str,
+    data_type: str,
+    content: str,
+    add_node_for_it: bool = True,
+) -> tuple[DataSource, PlanDagNode | None]:
+    """Store a file and (as the frontend expects) a DataSourceNode naming it."""
+    require_project(s, project_id)
+    if not name.strip():
+        raise InvalidInput("name must not be empty")
+    if not filename.strip():
+        raise InvalidInput("filename must not be empty")
+    source = DataSource(
+        project_id=project_id,
+        name=name.strip(),
+        filename=filename.strip(),
+        file_format=file_format,
+        data_type=data_type,
+        content=content,
+        status="processing",
+        execution_state="not_started",
+    )
+    s.add(source)
+    s.flush()
+    node = None
+    if add_node_for_it:
+        node = add_node(
+            s,
+            project_id,
+            node_type="DataSourceNode",
+            node_id=f"datasource_{source.id}",
+            config={"dataSourceId": source.id, "filename": filename, "dataType": data_type},
+            metadata={"label": name},
+        )
+    return source, node
+
+
+def get_data_source(s: Session, data_source_id: int) -> DataSource | None:
+    return s.get(DataSource, data_source_id)
+
+
+def require_data_source(s: Session, data_source_id: int) -> DataSource:
+    source = s.get(DataSource, data_source_id)
+    if source is None:
+        raise NotFound(f"data source {data_source_id} does not exist")
+    return source
+
+
+def list_data_sources(s: Session, project_id: int) -> Sequence[DataSource]:
+    stmt = select(DataSource).where(DataSource.project_id == project_id)
+    return s.scalars(stmt.order_by(DataSource.id)).all()
+
+
+def data_source_payload(source: DataSource) -> dict[str, Any]:
+    """The `DataSourceExecutionMetadata` of the contract, as stored in the event log."""
+    return {
+        "dataSourceId": source.id,
+        "filename": source.filename,
+        "status": source.status,
+        "processedAt": rfc3339(source.processed_at),
+        "executionState": source.execution_state,
+        "errorMessage": source.error_message,
+    }
+
+
+# --- graphs -------------------------------------------------------------------------------
+
+
+def get_or_create_graph(s: Session, project_id: int, node_id: str) -> Graph:
+    graph = s.scalar(select(Graph).where(Graph.project_id == project_id, Graph.node_id == node_id))
+    if graph is None:
+        graph = Graph(project_id=project_id, node_id=node_id, execution_state="not_started")
+        s.add(graph)
+        s.flush()
+    return graph
+
+
+def get_graph_by_node(s: Session, project_id: int, node_id: str) -> Graph | None:
+    return s.scalar(select(Graph).where(Graph.project_id == project_id, Graph.node_id == node_id))
+
+
+def list_graphs(s: Session, project_id: int) -> Sequence[Graph]:
+    return s.scalars(select(Graph).where(Graph.project_id == project_id).order_by(Graph.id)).all()
+
+
+def graph_payload(graph: Graph) -> dict[str, Any]:
+    """The `GraphExecutionMetadata` of the contract, as stored in the event log."""
+    return {
+        "graphId": graph.id,
+        "nodeCount": graph.node_count,
+        "edgeCount": graph.edge_count,
+        "executionState": graph.execution_state,
+        "computedDate": rfc3339(graph.computed_date),
+        "errorMessage": graph.error_message,
+    }
+
+
+# --- the event log ------------------------------------------------------------------------
+
+
+def next_sequence(s: Session, project_id: int) -> int:
+    """Take the project's next sequence number inside the caller's transaction.
+
+    The UPDATE takes the project row's lock (PostgreSQL) or the database's write lock
+    (SQLite, BEGIN IMMEDIATE) until commit, so concurrent writers in any number of
+    processes get strictly increasing numbers with no gap.
+    """
+    sequence = s.scalar(
+        update(Project)
+        .where(Project.id == project_id)
+        .values(last_sequence=Project.last_sequence + 1)
+        .returning(Project.last_sequence)
+    )
+    if sequence is None:
+        raise NotFound(f"project {project_id} does not exist")
+    return sequence
+
+
+def record_event(
+    s: Session,
+    project_id: int,
+    *,
+    entity: str,
+    entity_id: int,
+    node_id: str | None,
+    payload: dict[str, Any],
+    now: datetime | None = None,
+) -> ExecutionEvent:
+    row = ExecutionEvent(
+        project_id=project_id,
+        sequence=next_sequence(s, project_id),
+        entity=entity,
+        entity_id=entity_id,
+        node_id=node_id,
+        payload=payload,
+        created_at=now or utcnow(),
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def last_sequence(s: Session, project_id: int) -> int:
+    return s.scalar(select(Project.last_sequence).where(Project.id == project_id)) or 0
+
+
+def events_after(
+    s: Session, project_id: int, after: int, limit: int | None = None, upto: int | None = None
+) -> Sequence[ExecutionEvent]:
+    stmt = select(ExecutionEvent).where(
+        ExecutionEvent.project_id == project_id, ExecutionEvent.sequence > after
+    )
+    if upto is not None:
+        stmt = stmt.where(ExecutionEvent.sequence <= upto)
+    stmt = stmt.order_by(ExecutionEvent.sequence)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return s.scalars(stmt).all()
+
+
+def oldest_retained_sequence(s: Session, project_id: int) -> int | None:
+    return s.scalar(
+        select(func.min(ExecutionEvent.sequence)).where(ExecutionEvent.project_id == project_id)
+    )
+
+
+def prune_events(s: Session, project_id: int, keep: int) -> int:
+    """Apply the retention limit: keep the newest `keep` events of the project."""
+    newest = last_sequence(s, project_id)
+    result = s.execute(
+        delete(ExecutionEvent).where(
+            ExecutionEvent.project_id == project_id, ExecutionEvent.sequence <= newest - keep
+        )
+    )
+    return result.rowcount or 0
