@@ -15,6 +15,7 @@ import pykka
 from actors import processing
 from actors.bus import Bus
 from actors.messages import StatusChanged
+from actors.plan import NodeHook, PlanRunner
 from actors.state import StateStore
 from storage import queries
 
@@ -75,10 +76,18 @@ class DataSourceExecutor(pykka.ThreadingActor):
 class Executors:
     """The executor actors of this process, and the one way to hand them work."""
 
-    def __init__(self, store: StateStore, bus: Bus, *, workers: int = 2) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        bus: Bus,
+        *,
+        workers: int = 2,
+        before_node: NodeHook | None = None,
+    ) -> None:
         self.store = store
         self.bus = bus
         self._sources = [DataSourceExecutor.start(store, bus) for _ in range(max(1, workers))]
+        self.plans = PlanRunner(store, bus, workers=workers, before_node=before_node)
 
     def process_data_source(self, data_source_id: int) -> pykka.Future[str]:
         """Queue a data source for processing; the same source always goes to one actor,
@@ -93,6 +102,7 @@ class Executors:
         return len(changes)
 
     def stop(self) -> None:
+        self.plans.shutdown()
         for ref in self._sources:
             try:
                 ref.stop(block=True, timeout=10)

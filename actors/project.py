@@ -59,10 +59,10 @@ class ProjectActor(pykka.ThreadingActor):
         self.node_types: dict[str, str] = {}
         self.cache_hits = 0
         self.cache_misses = 0
-        self.last_sequence = 0
         self.last_activity = time.monotonic()
-
-    def on_start(self) -> None:
+        # Read here, in the thread that starts the actor (the hub's, while it routes the
+        # first Subscribe), not in on_start: a change committed between the subscribe and
+        # the actor's first step must count as new and be delivered.
         with self.db.read() as s:
             self.last_sequence = queries.last_sequence(s, self.project_id)
 
@@ -186,14 +186,17 @@ class ProjectActor(pykka.ThreadingActor):
                     f"project {self.project_id} does not exist",
                     code="PROJECT_NOT_FOUND",
                 )
-            # Events committed but not yet received are delivered by the normal path when
-            # they arrive; the subscriber is caught up to what this actor has delivered.
+            committed = queries.last_sequence(s, self.project_id)
+            if after is not None and self.last_sequence < after <= committed:
+                # The client has seen events this actor has not received yet (in flight,
+                # or lost by the bus): catch everyone up from the log first.
+                self._fill_gap(upto=committed)
             upto = self.last_sequence
             pages: list[list[tuple[str, int, bytes]]] = []
             if message.snapshot:
                 pages.append(self._snapshot(s, selection, upto))
             if after is not None:
-                self._check_resumable(s, after, upto)
+                self._check_resumable(s, after, upto, committed)
                 cursor = after
                 while cursor < upto:
                     rows = queries.events_after(s, self.project_id, cursor, REPLAY_PAGE, upto)
@@ -209,18 +212,19 @@ class ProjectActor(pykka.ThreadingActor):
                     cursor = rows[-1].sequence
         return pages
 
-    def _check_resumable(self, s: Any, after: int, upto: int) -> None:
+    def _check_resumable(self, s: Any, after: int, upto: int, committed: int) -> None:
         if after < 0:
             raise _Refused(
                 f"afterSequence must be 0 or more, got {after}", code="BAD_AFTER_SEQUENCE"
             )
-        if after > upto:
+        if after > committed:
             raise _Refused(
                 f"afterSequence {after} is ahead of project {self.project_id}'s last "
-                f"sequence {upto}: resubscribe with afterSequence {upto} or snapshot: true",
+                f"sequence {committed}: resubscribe with afterSequence {committed} or "
+                "snapshot: true",
                 code="BAD_AFTER_SEQUENCE",
             )
-        if after == upto:
+        if after >= upto:
             return
         oldest = queries.oldest_retained_sequence(s, self.project_id)
         if oldest is None or oldest > after + 1:

@@ -39,6 +39,10 @@ def status_from_row(row: ExecutionEvent) -> StatusChanged:
     )
 
 
+class Superseded(Exception):
+    """Raised by a change function: the row moved on (a stop reset it), write nothing."""
+
+
 class StateStore:
     """Writes state changes; `retention` is how many events per project the log keeps."""
 
@@ -53,7 +57,10 @@ class StateStore:
     def data_source(
         self, data_source_id: int, change: Callable[[DataSource], None]
     ) -> StatusChanged:
-        """Apply `change` to the data source row and log its new state, atomically."""
+        """Apply `change` to the data source row and log its new state, atomically.
+
+        If `change` raises Superseded, nothing is written and Superseded propagates.
+        """
         with self.db.write() as s:
             source = queries.require_data_source(s, data_source_id)
             change(source)
@@ -116,6 +123,7 @@ class StateStore:
     def graph(
         self, project_id: int, node_id: str, change: Callable[[Graph], None]
     ) -> StatusChanged:
+        """The graph row of a graph-like node (created on first use), as `data_source`."""
         with self.db.write() as s:
             graph = queries.get_or_create_graph(s, project_id, node_id)
             change(graph)
@@ -152,9 +160,11 @@ class StateStore:
     def recover_interrupted(self) -> list[StatusChanged]:
         """Everything a crash left in `processing` (or `pending`) becomes `error`."""
         with self.db.read() as s:
+            # status "processing" with execution_state "not_started": queued, never started
             sources = s.scalars(
                 select(DataSource.id).where(
                     DataSource.execution_state.in_(("processing", "pending"))
+                    | (DataSource.status == "processing")
                 )
             ).all()
             graphs = s.execute(

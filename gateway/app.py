@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from actors.bus import Bus, InProcessBus
 from actors.executors import Executors
 from actors.hub import Hub
+from actors.plan import NodeHook
 from actors.state import DEFAULT_RETENTION, StateStore
 from gateway.schema import Services, make_schema
 from gateway.server import Gateway, GatewayConfig
@@ -32,7 +33,9 @@ class AppConfig:
 
 
 class App:
-    def __init__(self, config: AppConfig, bus: Bus | None = None) -> None:
+    def __init__(
+        self, config: AppConfig, bus: Bus | None = None, before_node: NodeHook | None = None
+    ) -> None:
         self.config = config
         self.db = Database(config.database_url)
         self.db.create_schema()
@@ -46,7 +49,9 @@ class App:
         )
         self.bus.attach(self.hub.route)
         self.executors = (
-            Executors(self.store, self.bus, workers=config.executor_workers)
+            Executors(
+                self.store, self.bus, workers=config.executor_workers, before_node=before_node
+            )
             if config.executors
             else None
         )

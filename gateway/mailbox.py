@@ -94,6 +94,7 @@ class Outbox:
                     if pending >= capacity:
                         older = self._by_node.get((serial, node_id))
                         if not older:
+                            self._dropped.add(serial)  # nothing after a lost frame
                             slow = (
                                 f"subscriber too slow: more than {capacity} events waiting; "
                                 "resubscribe with afterSequence"

@@ -21,6 +21,7 @@ from actors.events import node_events
 from actors.executors import Executors
 from actors.hub import Hub
 from actors.messages import PlanChanged
+from actors.plan import PlanRefused
 from actors.state import StateStore, status_from_row
 from storage import queries
 from storage.db import Database
@@ -358,6 +359,29 @@ def resolve_reprocess_data_source(_root: Any, info: GraphQLResolveInfo, id: int)
     return result
 
 
+def resolve_execute_node(_root: Any, info: GraphQLResolveInfo, projectId: int, nodeId: str) -> bool:
+    return _start_run(_ctx(info), projectId, nodeId)
+
+
+def resolve_execute_plan(_root: Any, info: GraphQLResolveInfo, projectId: int) -> bool:
+    return _start_run(_ctx(info), projectId, None)
+
+
+def _start_run(ctx: RequestContext, project_id: int, target: str | None) -> bool:
+    ctx.check_project(project_id)
+    try:
+        _executors(ctx).plans.run(project_id, target)
+    except PlanRefused as error:
+        raise GraphQLError(str(error), extensions={"code": "PLAN_REFUSED"}) from error
+    return True
+
+
+def resolve_stop_plan(_root: Any, info: GraphQLResolveInfo, projectId: int) -> bool:
+    ctx = _ctx(info)
+    ctx.check_project(projectId)
+    return _executors(ctx).plans.stop(projectId)
+
+
 RESOLVERS: dict[str, Callable[..., Any]] = {
     "Query.projects": resolve_projects,
     "Query.project": resolve_project,
@@ -374,6 +398,9 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "Mutation.deletePlanDagEdge": resolve_delete_edge,
     "Mutation.createDataSource": resolve_create_data_source,
     "Mutation.reprocessDataSource": resolve_reprocess_data_source,
+    "Mutation.executeNode": resolve_execute_node,
+    "Mutation.executePlan": resolve_execute_plan,
+    "Mutation.stopPlanExecution": resolve_stop_plan,
     # The subscription's documents are executed against one event at a time, as root.
     "Subscription.nodeExecutionStatusChanged": lambda root, _info, **_args: root,
 }

@@ -1,0 +1,489 @@
+"""Running a Plan DAG: a PlanRun actor orders the work, NodeWorker actors do it.
+
+State rules of a run (every change persisted, then published):
+
+    not_started/…  → pending        every node of the run, before anything starts
+    pending        → processing     when a worker takes the node
+    processing     → completed | error
+    pending        → not_started    the node will not run: an input failed, or a stop
+    processing     → not_started    a stop while the node was running
+
+A worker's writes are guarded by the state it expects (pending before processing,
+processing before the end). A stop resets the row first, so the worker's late write finds
+the row moved on and is dropped: a stopped node never flips back to completed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pykka
+
+from actors import processing
+from actors.bus import Bus
+from actors.dag import CycleError, inputs_of, topological_order, upstream_closure
+from actors.processing import GraphData, ProcessingError
+from actors.state import StateStore, Superseded
+from storage import queries
+from storage.models import DataSource, Graph, utcnow
+
+log = logging.getLogger(__name__)
+
+STOPPED = "Execution stopped by user"
+GRAPH_LIKE = ("GraphNode", "MergeNode", "TransformNode", "CopyNode", "OutputNode")
+
+NodeHook = Callable[[int, str], None]
+
+
+class PlanRefused(ValueError):
+    """A run that cannot start (cycle, unknown node, missing data source); for people."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanNode:
+    id: str
+    node_type: str
+    config: dict[str, Any]
+    inputs: tuple[str, ...]
+
+    @property
+    def data_source_id(self) -> int | None:
+        value = self.config.get("dataSourceId")
+        return value if isinstance(value, int) else None
+
+
+@dataclass
+class RunPlan:
+    """What a run will do, checked before it starts."""
+
+    project_id: int
+    order: list[PlanNode]
+    by_id: dict[str, PlanNode] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_id = {node.id: node for node in self.order}
+
+
+def plan_for(store: StateStore, project_id: int, target: str | None) -> RunPlan:
+    """Read the DAG and decide the run: the whole plan, or `target` and its upstream."""
+    with store.db.read() as s:
+        queries.require_project(s, project_id)
+        nodes = {n.id: n for n in queries.list_nodes(s, project_id)}
+        edges = [(e.source, e.target) for e in queries.list_edges(s, project_id)]
+        sources = {d.id for d in queries.list_data_sources(s, project_id)}
+    if target is not None and target not in nodes:
+        raise PlanRefused(f"node '{target}' does not exist in project {project_id}")
+    inputs = inputs_of(nodes, edges)
+    selected = upstream_closure(target, inputs) if target is not None else set(nodes)
+    inputs = {n: [i for i in inputs[n] if i in selected] for n in selected}
+    try:
+        order = topological_order(inputs)
+    except CycleError as error:
+        raise PlanRefused(str(error)) from error
+    plan_nodes = []
+    for node_id in order:
+        row = nodes[node_id]
+        node = PlanNode(node_id, row.node_type, dict(row.config or {}), tuple(inputs[node_id]))
+        if node.node_type == "DataSourceNode":
+            if node.data_source_id is None:
+                raise PlanRefused(
+                    f"node '{node_id}' (DataSourceNode) names no data source: "
+                    "set config.dataSourceId"
+                )
+            if node.data_source_id not in sources:
+                raise PlanRefused(
+                    f"node '{node_id}' names data source {node.data_source_id}, "
+                    f"which does not exist in project {project_id}"
+                )
+        plan_nodes.append(node)
+    return RunPlan(project_id, plan_nodes)
+
+
+# --- persisting a node's state, whatever its kind ----------------------------------------
+
+
+class NodeStates:
+    """Writes (guarded) and publishes the state of plan nodes."""
+
+    def __init__(self, store: StateStore, bus: Bus, project_id: int) -> None:
+        self.store = store
+        self.bus = bus
+        self.project_id = project_id
+
+    def set(
+        self,
+        node: PlanNode,
+        state: str,
+        *,
+        expect: tuple[str, ...] | None = None,
+        error: str | None = None,
+        graph: GraphData | None = None,
+        source_hash: str | None = None,
+    ) -> bool:
+        """Move the node to `state` if it is in one of `expect`; False if it was not."""
+        try:
+            if node.node_type == "DataSourceNode":
+                change = self.store.data_source(
+                    node.data_source_id,  # type: ignore[arg-type]
+                    lambda row: _source_change(row, state, expect, error, graph),
+                )
+            else:
+                change = self.store.graph(
+                    self.project_id,
+                    node.id,
+                    lambda row: _graph_change(row, state, expect, error, graph, source_hash),
+                )
+        except Superseded:
+            return False
+        self.bus.publish(change)
+        return True
+
+
+def _check(current: str, expect: tuple[str, ...] | None) -> None:
+    if expect is not None and current not in expect:
+        raise Superseded(current)
+
+
+def _source_change(
+    row: DataSource,
+    state: str,
+    expect: tuple[str, ...] | None,
+    error: str | None,
+    graph: GraphData | None,
+) -> None:
+    _check(row.execution_state, expect)
+    row.execution_state = state
+    row.error_message = error
+    if state == "processing":
+        row.status = "processing"
+    elif state == "completed":
+        row.status = "active"
+        row.processed_at = utcnow()
+        row.graph_json = graph.to_json() if graph is not None else row.graph_json
+    elif state == "error":
+        row.status = "error"
+
+
+def _graph_change(
+    row: Graph,
+    state: str,
+    expect: tuple[str, ...] | None,
+    error: str | None,
+    graph: GraphData | None,
+    source_hash: str | None,
+) -> None:
+    _check(row.execution_state, expect)
+    row.execution_state = state
+    row.error_message = error
+    if state == "completed" and graph is not None:
+        row.graph_json = graph.to_json()
+        row.node_count = graph.node_count
+        row.edge_count = graph.edge_count
+        row.source_hash = source_hash
+        row.computed_date = utcnow()
+
+
+# --- building one node ------------------------------------------------------------------
+
+
+class InputNotReady(Exception):
+    """An input node has no usable result; the message says which and why."""
+
+
+def build_graph(node: PlanNode, inputs: list[GraphData]) -> GraphData:
+    """The result of a graph-like node from its inputs' graphs (pure)."""
+    kind = node.node_type
+    if kind in ("GraphNode", "MergeNode"):
+        if not inputs:
+            raise ProcessingError(
+                f"{kind} '{node.id}' has no input: connect a data source or a graph to it"
+            )
+        return processing.merge_graphs(inputs)
+    if kind == "TransformNode":
+        if len(inputs) != 1:
+            raise ProcessingError(
+                f"TransformNode '{node.id}' needs exactly one input, it has {len(inputs)}"
+            )
+        return processing.apply_transforms(inputs[0], node.config)
+    # CopyNode and OutputNode do no work: they pass their input through.
+    return processing.merge_graphs(inputs) if inputs else GraphData()
+
+
+def read_inputs(
+    store: StateStore, project_id: int, node: PlanNode, plan: RunPlan
+) -> list[GraphData]:
+    graphs = []
+    with store.db.read() as s:
+        for input_id in node.inputs:
+            upstream = plan.by_id[input_id]
+            if upstream.node_type == "DataSourceNode":
+                source = queries.require_data_source(s, upstream.data_source_id)  # type: ignore[arg-type]
+                if source.status != "active" or source.graph_json is None:
+                    raise InputNotReady(
+                        f"input '{input_id}': data source {source.id} is {source.status}"
+                    )
+                graphs.append(GraphData.from_json(source.graph_json))
+            else:
+                row = queries.get_graph_by_node(s, project_id, input_id)
+                if row is None or row.execution_state != "completed" or row.graph_json is None:
+                    state = row.execution_state if row else "not_started"
+                    raise InputNotReady(f"input '{input_id}' is {state}, not completed")
+                graphs.append(GraphData.from_json(row.graph_json))
+    return graphs
+
+
+@dataclass(frozen=True, slots=True)
+class RunNode:
+    plan: RunPlan
+    node_id: str
+    reply_to: pykka.ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDone:
+    node_id: str
+    outcome: str  # "completed" | "error" | "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class StopRun:
+    pass
+
+
+class NodeWorker(pykka.ThreadingActor):
+    """Executes one node at a time: a data source is parsed, a graph-like node built."""
+
+    def __init__(self, store: StateStore, bus: Bus, before_node: NodeHook | None = None) -> None:
+        super().__init__()
+        self.store = store
+        self.bus = bus
+        self.before_node = before_node
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, RunNode):
+            try:
+                outcome = self.run(message.plan, message.node_id)
+            except Exception:  # noqa: BLE001 - the run must always hear back
+                log.exception("node %s crashed its worker", message.node_id)
+                outcome = "error"
+            message.reply_to.tell(NodeDone(message.node_id, outcome))
+        return None
+
+    def run(self, plan: RunPlan, node_id: str) -> str:
+        node = plan.by_id[node_id]
+        states = NodeStates(self.store, self.bus, plan.project_id)
+        if not states.set(node, "processing", expect=("pending",)):
+            return "stopped"
+        try:
+            if self.before_node is not None:
+                self.before_node(plan.project_id, node_id)
+            graph, digest = self._work(plan, node)
+        except (ProcessingError, InputNotReady) as error:
+            done = states.set(node, "error", expect=("processing",), error=str(error))
+            return "error" if done else "stopped"
+        except Exception as error:  # noqa: BLE001 - must end in error, never in processing
+            log.exception("node %s of project %s failed", node_id, plan.project_id)
+            message = f"internal error: {type(error).__name__}: {error}"
+            done = states.set(node, "error", expect=("processing",), error=message)
+            return "error" if done else "stopped"
+        done = states.set(
+            node, "completed", expect=("processing",), graph=graph, source_hash=digest
+        )
+        return "completed" if done else "stopped"
+
+    def _work(self, plan: RunPlan, node: PlanNode) -> tuple[GraphData, str | None]:
+        if node.node_type == "DataSourceNode":
+            with self.store.db.read() as s:
+                source = queries.require_data_source(s, node.data_source_id)  # type: ignore[arg-type]
+                content, fmt, dtype = source.content, source.file_format, source.data_type
+            return processing.parse_data_source(content, fmt, dtype), None
+        inputs = read_inputs(self.store, plan.project_id, node, plan)
+        salt = node.node_type + orjson.dumps(node.config, option=orjson.OPT_SORT_KEYS).decode()
+        digest = processing.source_hash(inputs, salt)
+        with self.store.db.read() as s:
+            row = queries.get_graph_by_node(s, plan.project_id, node.id)
+            if row is not None and row.source_hash == digest and row.graph_json is not None:
+                return GraphData.from_json(row.graph_json), digest  # unchanged inputs
+        return build_graph(node, inputs), digest
+
+
+class PlanRun(pykka.ThreadingActor):
+    """One run of a project's plan: marks nodes pending, dispatches ready ones, stops."""
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        store: StateStore,
+        bus: Bus,
+        workers: list[pykka.ActorRef[NodeWorker]],
+        on_finished: Callable[[int, dict[str, str]], None],
+    ) -> None:
+        super().__init__()
+        self.plan = plan
+        self.states = NodeStates(store, bus, plan.project_id)
+        self.workers = workers
+        self.on_finished = on_finished
+        self.waiting: dict[str, set[str]] = {}
+        self.running: set[str] = set()
+        self.outcomes: dict[str, str] = {}
+        self.stopped = False
+        self._next_worker = 0
+        # DataSourceNodes naming a data source that another node of the run already names:
+        # the source is processed once, and these complete with it.
+        self.aliases: dict[str, str] = {}
+
+    def on_start(self) -> None:
+        primaries: dict[int, str] = {}
+        for node in self.plan.order:
+            self.waiting[node.id] = set(node.inputs)
+            if node.node_type == "DataSourceNode":
+                primary = primaries.setdefault(node.data_source_id, node.id)  # type: ignore[arg-type]
+                if primary != node.id:
+                    self.aliases[node.id] = primary
+                    self.waiting[node.id].add(primary)
+                    continue
+            self.states.set(node, "pending")
+        self._dispatch_ready()
+        self._finish_if_done()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, NodeDone):
+            self.running.discard(message.node_id)
+            self.outcomes[message.node_id] = message.outcome
+            if message.outcome == "completed" and not self.stopped:
+                for waiting in self.waiting.values():
+                    waiting.discard(message.node_id)
+                self._dispatch_ready()
+            elif message.outcome == "error":
+                self._skip_downstream_of(message.node_id)
+            self._finish_if_done()
+        elif isinstance(message, StopRun):
+            self._stop()
+            self._finish_if_done()
+        return None
+
+    def _dispatch_ready(self) -> None:
+        ready = [node_id for node_id, inputs in self.waiting.items() if not inputs]
+        for node_id in ready:  # independent branches run at once, one node per worker
+            del self.waiting[node_id]
+            self.running.add(node_id)
+            if node_id in self.aliases:
+                self.actor_ref.tell(NodeDone(node_id, "completed"))
+                continue
+            worker = self.workers[self._next_worker % len(self.workers)]
+            self._next_worker += 1
+            worker.tell(RunNode(self.plan, node_id, self.actor_ref))
+
+    def _skip_downstream_of(self, failed: str) -> None:
+        frontier = [failed]
+        while frontier:
+            current = frontier.pop()
+            for node_id, inputs in list(self.waiting.items()):
+                if current in inputs:
+                    del self.waiting[node_id]
+                    self.outcomes[node_id] = "skipped"
+                    reason = f"not run: its input '{current}' failed"
+                    if current != failed:
+                        reason += f" (because '{failed}' failed)"
+                    self.states.set(
+                        self.plan.by_id[node_id], "not_started", expect=("pending",), error=reason
+                    )
+                    frontier.append(node_id)
+
+    def _stop(self) -> None:
+        self.stopped = True
+        for node_id in list(self.waiting):
+            del self.waiting[node_id]
+            self.outcomes[node_id] = "stopped"
+            self.states.set(
+                self.plan.by_id[node_id], "not_started", expect=("pending",), error=STOPPED
+            )
+        for node_id in self.running:
+            self.states.set(
+                self.plan.by_id[node_id],
+                "not_started",
+                expect=("pending", "processing"),
+                error=STOPPED,
+            )
+
+    def _finish_if_done(self) -> None:
+        if not self.waiting and not self.running:
+            self.on_finished(self.plan.project_id, dict(self.outcomes))
+            self.stop()
+
+
+class PlanRunner:
+    """At most one run per project; `run` checks the plan and starts it, `stop` stops it."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        bus: Bus,
+        *,
+        workers: int = 2,
+        before_node: NodeHook | None = None,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self._workers = [NodeWorker.start(store, bus, before_node) for _ in range(max(1, workers))]
+        self._runs: dict[int, pykka.ActorRef[PlanRun]] = {}
+        self._finished: dict[int, threading.Event] = {}
+        self.last_outcomes: dict[int, dict[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def run(self, project_id: int, target: str | None = None) -> RunPlan:
+        """Start a run; PlanRefused (with a message for people) if it cannot start."""
+        plan = plan_for(self.store, project_id, target)
+        with self._lock:
+            current = self._runs.get(project_id)
+            if current is not None and current.is_alive():
+                raise PlanRefused(
+                    f"project {project_id} already has a plan run in progress: wait for it "
+                    "to end or call stopPlanExecution"
+                )
+            self._finished[project_id] = threading.Event()
+            self._runs[project_id] = PlanRun.start(
+                plan, self.store, self.bus, self._workers, self._on_finished
+            )
+        return plan
+
+    def stop(self, project_id: int) -> bool:
+        with self._lock:
+            ref = self._runs.get(project_id)
+        if ref is None:
+            return False
+        try:
+            ref.tell(StopRun())
+        except pykka.ActorDeadError:
+            return False
+        return True
+
+    def wait(self, project_id: int, timeout: float = 30.0) -> dict[str, str]:
+        """Block until the project's current run ends (tests and the demo)."""
+        with self._lock:
+            finished = self._finished.get(project_id)
+        if finished is None or not finished.wait(timeout):
+            raise TimeoutError(f"the plan run of project {project_id} did not end in {timeout}s")
+        return self.last_outcomes.get(project_id, {})
+
+    def _on_finished(self, project_id: int, outcomes: dict[str, str]) -> None:
+        with self._lock:
+            self._runs.pop(project_id, None)
+            self.last_outcomes[project_id] = outcomes
+            finished = self._finished.get(project_id)
+        if finished is not None:
+            finished.set()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            runs = list(self._runs.values())
+        for ref in [*runs, *self._workers]:
+            try:
+                ref.stop(block=True, timeout=10)
+            except (pykka.Timeout, pykka.ActorDeadError):
+                pass

@@ -1,0 +1,257 @@
+"""The reference JavaScript client, end to end: `graphql-ws`'s `createClient` (the client the
+Layercake frontend uses), run by Node from tests/js/watch.mjs, subscribes with the frontend's
+verbatim document and sees a data source go processing → completed, exactly as the Python
+`gql` client sees it.
+
+Needs `node` (>= 20) and `npm`; without them these tests skip with a reason, except under CI
+(CI=true), where a missing tool is a failure. The npm packages are installed from
+tests/js/package-lock.json on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IN_CI
+from tests.helpers import (
+    NODES_CSV,
+    VERBATIM_SUBSCRIPTION,
+    client,
+    request,
+    subscriber_count,
+    wait_until,
+)
+
+JS_DIR = Path(__file__).parent / "js"
+WATCH_SCRIPT = JS_DIR / "watch.mjs"
+NPM_CI_TIMEOUT = 300
+MIN_NODE_MAJOR = 20  # graphql-ws 6 needs Node 20
+
+CREATE_PROJECT = "mutation($name: String!) { createProject(input: {name: $name}) { id name } }"
+CREATE_SOURCE = """
+mutation($input: CreateDataSourceInput!) {
+  createDataSource(input: $input) { id status executionState }
+}
+"""
+
+
+def _unavailable(message: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{message} (under CI a missing tool is a failure, not a skip)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    """The `node` executable, with tests/js's npm dependencies installed."""
+    node_bin, npm_bin = shutil.which("node"), shutil.which("npm")
+    if node_bin is None or npm_bin is None:
+        missing = " and ".join(n for n, b in (("node", node_bin), ("npm", npm_bin)) if b is None)
+        _unavailable(f"{missing} not found on PATH: install Node.js >= {MIN_NODE_MAJOR}")
+    assert node_bin is not None and npm_bin is not None
+    version = subprocess.run(
+        [node_bin, "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.strip()
+    if int(version.lstrip("v").split(".")[0]) < MIN_NODE_MAJOR:
+        _unavailable(f"node {version} is too old: graphql-ws needs Node >= {MIN_NODE_MAJOR}")
+    if not (JS_DIR / "node_modules" / "graphql-ws" / "package.json").exists():
+        try:
+            done = subprocess.run(
+                [npm_bin, "ci", "--no-audit", "--no-fund"],
+                cwd=JS_DIR,
+                capture_output=True,
+                text=True,
+                timeout=NPM_CI_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`npm ci` in {JS_DIR} took longer than {NPM_CI_TIMEOUT}s")
+        if done.returncode != 0:
+            pytest.fail(
+                f"`npm ci` in {JS_DIR} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+            )
+    return node_bin
+
+
+class NodeWatcher:
+    """tests/js/watch.mjs in a child process; its stdout is read on a thread, line by line."""
+
+    _EOF = object()
+
+    def __init__(self, node: str, url: str, project_id: int, count: int) -> None:
+        self.proc = subprocess.Popen(
+            [node, str(WATCH_SCRIPT), url, str(project_id), str(count)],
+            cwd=JS_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        )
+        self._lines: queue.Queue[Any] = queue.Queue()
+        self._stderr: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._pump_stdout, daemon=True),
+            threading.Thread(target=self._pump_stderr, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _pump_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(self._EOF)
+
+    def _pump_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        self._stderr.extend(self.proc.stderr)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+    def _failure(self, what: str) -> str:
+        return f"{what}; exit code {self.proc.poll()}; stderr:\n{self.stderr}"
+
+    def wait_subscribed(self, timeout: float = 20) -> None:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(self._failure(f"no SUBSCRIBED within {timeout}s")) from None
+        if line is self._EOF:
+            self.proc.wait(timeout=5)
+            raise AssertionError(self._failure("watch.mjs ended before SUBSCRIBED"))
+        assert line == "SUBSCRIBED", self._failure(f"first line was {line!r}")
+
+    def finish(self, timeout: float = 30) -> tuple[int, list[dict[str, Any]]]:
+        """Wait for the script to exit: its exit code and the events it printed."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                self._failure(f"watch.mjs still running after {timeout}s")
+            ) from None
+        for thread in self._threads:
+            thread.join(timeout=5)
+        events = []
+        while (line := self._lines.get(timeout=5)) is not self._EOF:
+            events.append(json.loads(line))
+        return code, events
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+async def _create_project(url: str) -> int:
+    async with client(url) as admin:
+        project = (await admin.execute(request(CREATE_PROJECT, name="js-client")))["createProject"]
+    return int(project["id"])
+
+
+async def _create_source(url: str, project_id: int) -> dict[str, Any]:
+    async with client(url) as admin:
+        created = await admin.execute(
+            request(
+                CREATE_SOURCE,
+                input={
+                    "projectId": project_id,
+                    "name": "Services",
+                    "filename": "services.csv",
+                    "fileFormat": "csv",
+                    "dataType": "nodes",
+                    "content": NODES_CSV,
+                },
+            )
+        )
+    return created["createDataSource"]
+
+
+async def _gql_watch(url: str, project_id: int, count: int) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    async with client(url) as session:
+        async for result in session.subscribe(request(VERBATIM_SUBSCRIPTION, projectId=project_id)):
+            seen.append(result["nodeExecutionStatusChanged"])
+            if len(seen) == count:
+                break
+    return seen
+
+
+def _assert_processing_then_completed(events: list[dict[str, Any]], project_id: int) -> None:
+    states = [e["datasourceExecution"]["executionState"] for e in events]
+    assert states == ["processing", "completed"]
+    assert events[0]["datasourceExecution"]["status"] == "processing"
+    assert events[0]["nodeId"] == events[1]["nodeId"]
+    for event in events:
+        assert event["projectId"] == project_id
+        assert event["nodeType"] == "DataSourceNode"
+        assert event["graphExecution"] is None
+        assert event["timestamp"].endswith("Z")
+        assert event["datasourceExecution"]["filename"] == "services.csv"
+    done = events[1]
+    assert done["nodeId"].startswith("datasource_")
+    assert done["datasourceExecution"]["status"] == "active"
+    assert done["datasourceExecution"]["processedAt"].endswith("Z")
+    assert done["datasourceExecution"]["errorMessage"] is None
+
+
+def test_watch_script_sends_the_verbatim_document() -> None:
+    assert VERBATIM_SUBSCRIPTION in WATCH_SCRIPT.read_text(encoding="utf-8")
+
+
+def test_js_client_sees_processing_then_completed(server: Any, node: str) -> None:
+    pid = server.call(_create_project(server.url))
+    watcher = NodeWatcher(node, server.url, pid, count=2)
+    try:
+        watcher.wait_subscribed()
+        wait_until(lambda: subscriber_count(server, pid) == 1, what="the JS client subscribed")
+        created = server.call(_create_source(server.url, pid))
+        assert created["status"] == "processing"
+        code, events = watcher.finish()
+        assert code == 0, f"watch.mjs exited {code}; stderr:\n{watcher.stderr}"
+        assert len(events) == 2, events
+        _assert_processing_then_completed(events, pid)
+        assert events[0]["datasourceExecution"]["dataSourceId"] == int(created["id"])
+    finally:
+        watcher.kill()
+
+
+def test_js_and_python_clients_see_identical_events(server: Any, node: str) -> None:
+    pid = server.call(_create_project(server.url))
+    watcher = NodeWatcher(node, server.url, pid, count=2)
+    python_watch = None
+    try:
+        watcher.wait_subscribed()
+        wait_until(lambda: subscriber_count(server, pid) == 1, what="the JS client subscribed")
+        python_watch = asyncio.run_coroutine_threadsafe(
+            asyncio.wait_for(_gql_watch(server.url, pid, 2), 30), server.loop
+        )
+        wait_until(
+            lambda: subscriber_count(server, pid) == 2 or python_watch.done(),
+            what="the Python client subscribed",
+        )
+        assert not python_watch.done(), python_watch.exception()
+        server.call(_create_source(server.url, pid))
+        python_events = python_watch.result(timeout=40)
+        code, js_events = watcher.finish()
+        assert code == 0, f"watch.mjs exited {code}; stderr:\n{watcher.stderr}"
+        assert js_events == python_events
+        _assert_processing_then_completed(js_events, pid)
+    finally:
+        if python_watch is not None:
+            python_watch.cancel()
+        watcher.kill()

@@ -1,0 +1,653 @@
+"""Tests of the ProjectActor and the Hub, on a real SQLite file, with a fake gateway side.
+
+The fakes implement the Subscriber and Selection protocols of actors/messages.py and record
+what the actor gives them. A message told to an actor is handled before any later ask, so
+`actor.ask("stats")` is the barrier that says "everything told so far has been handled":
+no test waits for a duration.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+import pykka
+import pytest
+
+from actors.hub import Hub
+from actors.messages import (
+    IdleCheck,
+    PlanChanged,
+    StatusChanged,
+    Subscribe,
+    Unsubscribe,
+    bus_message_from_json,
+)
+from actors.project import ProjectActor
+from actors.state import StateStore
+from storage import queries
+from storage.db import Database
+
+NODES_CSV = "id,label\na,A\n"
+
+
+class FakeSelection:
+    """Renders the event itself as the `next` payload, and counts its renders."""
+
+    def __init__(self, key: Hashable = "selection") -> None:
+        self.key = key
+        self.renders = 0
+        self._lock = threading.Lock()
+
+    def render(self, event: dict[str, Any]) -> bytes:
+        with self._lock:
+            self.renders += 1
+        return orjson.dumps({"data": {"nodeExecutionStatusChanged": event}})
+
+
+class FakeSubscriber:
+    """A mailbox that records every item (with its replay flag) and every failure."""
+
+    def __init__(self, key: Hashable, selection: FakeSelection | None = None) -> None:
+        self.key = key
+        self.selection = selection or FakeSelection()
+        self.items: list[tuple[str, int, dict[str, Any], bool]] = []
+        self.errors: list[list[dict[str, Any]]] = []
+
+    def deliver(self, items: Sequence[tuple[str, int, bytes]], *, replay: bool = False) -> None:
+        for node_id, sequence, payload in items:
+            event = orjson.loads(payload)["data"]["nodeExecutionStatusChanged"]
+            assert event["nodeId"] == node_id and event["sequence"] == sequence
+            self.items.append((node_id, sequence, event, replay))
+
+    def fail(self, errors: list[dict[str, Any]]) -> None:
+        self.errors.append(errors)
+
+    @property
+    def seen(self) -> list[tuple[str, int]]:
+        return [(node_id, sequence) for node_id, sequence, _event, _replay in self.items]
+
+    @property
+    def sequences(self) -> list[int]:
+        return [sequence for _node, sequence, _event, _replay in self.items]
+
+
+@pytest.fixture
+def db(sqlite_url: str) -> Iterator[Database]:
+    database = Database(sqlite_url)
+    database.create_schema()
+    try:
+        yield database
+    finally:
+        pykka.ActorRegistry.stop_all()
+        database.dispose()
+
+
+@pytest.fixture
+def store(db: Database) -> StateStore:
+    return StateStore(db)
+
+
+def new_project(db: Database, name: str = "plan") -> int:
+    with db.write() as s:
+        return queries.create_project(s, name).id
+
+
+def new_source(db: Database, project_id: int, name: str = "people") -> int:
+    """A data source and the DataSourceNode `datasource_<id>` naming it."""
+    with db.write() as s:
+        source, _node = queries.create_data_source(
+            s,
+            project_id,
+            name=name,
+            filename=f"{name}.csv",
+            file_format="csv",
+            data_type="nodes",
+            content=NODES_CSV,
+        )
+        return source.id
+
+
+def add_source_node(db: Database, project_id: int, node_id: str, source_id: int) -> None:
+    with db.write() as s:
+        queries.add_node(
+            s,
+            project_id,
+            node_type="DataSourceNode",
+            config={"dataSourceId": source_id},
+            node_id=node_id,
+        )
+
+
+def start(project_id: int, db: Database) -> pykka.ActorRef[ProjectActor]:
+    """A started actor whose on_start (reading the project's last sequence) has run."""
+    actor = ProjectActor.start(project_id, db)
+    handled(actor)
+    return actor
+
+
+def handled(actor: pykka.ActorRef[ProjectActor]) -> dict[str, int]:
+    """Wait until everything told so far is handled; the actor's counters."""
+    return actor.ask("stats", timeout=10)
+
+
+# --- delivery -----------------------------------------------------------------------------
+
+
+def test_status_change_becomes_one_item_per_node_naming_the_source(
+    db: Database, store: StateStore
+) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    add_source_node(db, pid, "copy_of_people", source)
+    actor = start(pid, db)
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber))
+
+    change = store.data_source_processing(source)  # persisted first, then published
+    actor.tell(change)
+    handled(actor)
+
+    assert sorted(subscriber.seen) == [("copy_of_people", 1), (f"datasource_{source}", 1)]
+    assert subscriber.errors == []
+    for node_id, sequence, event, replay in subscriber.items:
+        assert replay is False
+        assert event == {
+            "projectId": pid,
+            "nodeId": node_id,
+            "nodeType": "DataSourceNode",
+            "datasourceExecution": change.state,
+            "graphExecution": None,
+            "timestamp": change.timestamp,
+            "sequence": sequence,
+        }
+    assert change.state["executionState"] == "processing"
+    assert change.timestamp.endswith("Z")
+
+
+def test_graph_change_goes_to_its_node_with_its_type(db: Database, store: StateStore) -> None:
+    pid = new_project(db)
+    with db.write() as s:
+        queries.add_node(s, pid, node_type="MergeNode", config={}, node_id="merge_1")
+    actor = start(pid, db)
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber))
+    actor.tell(store.graph(pid, "merge_1", lambda g: setattr(g, "execution_state", "processing")))
+    # A graph whose node is gone has no badge: no item, but the sequence is consumed.
+    actor.tell(store.graph(pid, "deleted", lambda g: setattr(g, "execution_state", "completed")))
+    stats = handled(actor)
+    assert subscriber.seen == [("merge_1", 1)]
+    event = subscriber.items[0][2]
+    assert event["nodeType"] == "MergeNode"
+    assert event["datasourceExecution"] is None
+    assert event["graphExecution"]["executionState"] == "processing"
+    assert stats["last_sequence"] == 2
+
+
+def test_only_subscribers_of_the_project_get_its_events(db: Database, store: StateStore) -> None:
+    first, second = new_project(db, "first"), new_project(db, "second")
+    first_source, second_source = new_source(db, first), new_source(db, second)
+    first_actor, second_actor = start(first, db), start(second, db)
+    watches_first, watches_second = FakeSubscriber("a"), FakeSubscriber("b")
+    first_actor.tell(Subscribe(watches_first))
+    second_actor.tell(Subscribe(watches_second))
+
+    first_actor.tell(store.data_source_processing(first_source))
+    second_actor.tell(store.data_source_processing(second_source))
+    second_actor.tell(store.data_source_pending(second_source))
+    handled(first_actor)
+    handled(second_actor)
+
+    assert watches_first.seen == [(f"datasource_{first_source}", 1)]
+    assert watches_second.seen == [
+        (f"datasource_{second_source}", 1),
+        (f"datasource_{second_source}", 2),
+    ]
+    assert {event["projectId"] for _n, _s, event, _r in watches_first.items} == {first}
+    assert {event["projectId"] for _n, _s, event, _r in watches_second.items} == {second}
+
+
+def test_unsubscribed_subscriber_gets_nothing_more(db: Database, store: StateStore) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    actor = start(pid, db)
+    stays, leaves = FakeSubscriber("stays"), FakeSubscriber("leaves")
+    actor.tell(Subscribe(stays))
+    actor.tell(Subscribe(leaves))
+    actor.tell(store.data_source_processing(source))
+    actor.tell(Unsubscribe("leaves"))
+    actor.tell(Unsubscribe("never-subscribed"))  # harmless
+    actor.tell(store.data_source_pending(source))
+    stats = handled(actor)
+    assert stays.sequences == [1, 2]
+    assert leaves.sequences == [1]
+    assert stats["subscribers"] == 1
+
+
+# --- the node-ID cache --------------------------------------------------------------------
+
+
+def test_node_id_cache_miss_then_hit(db: Database, store: StateStore) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    actor = start(pid, db)
+    actor.tell(Subscribe(FakeSubscriber("s1")))
+    assert handled(actor)["cache_misses"] == 0
+
+    actor.tell(store.data_source_processing(source))
+    first = handled(actor)
+    assert (first["cache_misses"], first["cache_hits"]) == (1, 0)
+
+    actor.tell(store.data_source_pending(source))
+    second = handled(actor)
+    assert (second["cache_misses"], second["cache_hits"]) == (1, 1)
+
+
+def test_plan_changed_clears_cache_and_stale_mapping_is_never_used(
+    db: Database, store: StateStore
+) -> None:
+    pid = new_project(db)
+    people, places = new_source(db, pid, "people"), new_source(db, pid, "places")
+    add_source_node(db, pid, "movable", people)
+    actor = start(pid, db)
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber))
+    actor.tell(store.data_source_processing(people))  # caches people -> 2 nodes
+    actor.tell(store.data_source_processing(places))  # caches places -> 1 node
+    handled(actor)
+    assert sorted(subscriber.seen) == [
+        (f"datasource_{people}", 1),
+        (f"datasource_{places}", 2),
+        ("movable", 1),
+    ]
+    subscriber.items.clear()
+
+    with db.write() as s:  # re-point the node, as updatePlanDagNode does, then announce it
+        queries.update_node(
+            s, pid, "movable", node_type="DataSourceNode", config={"dataSourceId": places}
+        )
+    actor.tell(PlanChanged(pid))
+    actor.tell(store.data_source_completed(places, {"nodes": [], "edges": [], "layers": []}))
+    actor.tell(store.data_source_pending(people))
+    stats = handled(actor)
+
+    assert sorted(subscriber.seen) == [
+        (f"datasource_{people}", 4),
+        (f"datasource_{places}", 3),
+        ("movable", 3),
+    ]
+    moved = [event for node, _seq, event, _r in subscriber.items if node == "movable"]
+    assert moved[0]["datasourceExecution"]["dataSourceId"] == places
+    assert stats["cache_misses"] == 4  # both sources were looked up again after PlanChanged
+
+
+# --- ordering: duplicates, gaps, replay -----------------------------------------------------
+
+
+def test_duplicates_are_dropped(db: Database, store: StateStore) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    actor = start(pid, db)
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber))
+    first = store.data_source_processing(source)
+    second = store.data_source_pending(source)
+    for message in (first, first, second, first, second):
+        actor.tell(message)
+    handled(actor)
+    assert subscriber.sequences == [1, 2]
+
+
+def test_gap_is_filled_from_the_event_log_in_order(db: Database, store: StateStore) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    actor = start(pid, db)  # started before anything was persisted: it has delivered 0
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber))
+    persisted = [
+        store.data_source_processing(source),
+        store.data_source_pending(source),
+        store.data_source_failed(source, "bad row 3"),
+    ]
+    actor.tell(persisted[2])  # 1 and 2 are still "in flight"
+    handled(actor)
+    assert subscriber.sequences == [1, 2, 3]
+    states = [event["datasourceExecution"]["executionState"] for *_x, event, _r in subscriber.items]
+    assert states == ["processing", "pending", "error"]
+    assert [event["timestamp"] for *_x, event, _r in subscriber.items] == [
+        change.timestamp for change in persisted
+    ]
+    actor.tell(persisted[0])  # late arrivals of the filled sequences are duplicates now
+    actor.tell(persisted[1])
+    handled(actor)
+    assert subscriber.sequences == [1, 2, 3]
+
+
+def test_resume_after_sequence_replays_then_continues_live(db: Database, store: StateStore) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    actor = start(pid, db)
+    for _ in range(5):  # delivered to nobody, but known to the actor
+        actor.tell(store.data_source_processing(source))
+    assert handled(actor)["last_sequence"] == 5
+
+    subscriber = FakeSubscriber("resumer")
+    actor.tell(Subscribe(subscriber, after_sequence=2))
+    actor.tell(store.data_source_pending(source))  # 6, live
+    actor.tell(store.data_source_processing(source))  # 7, live
+    handled(actor)
+
+    assert subscriber.errors == []
+    assert subscriber.sequences == [3, 4, 5, 6, 7]
+    assert [replay for *_x, replay in subscriber.items] == [True, True, True, False, False]
+
+
+def test_resume_at_the_last_sequence_replays_nothing(db: Database, store: StateStore) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    store.data_source_processing(source)
+    store.data_source_pending(source)
+    actor = start(pid, db)  # reads the last sequence (2) when it starts
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber, after_sequence=2))
+    actor.tell(store.data_source_processing(source))
+    handled(actor)
+    assert subscriber.errors == []
+    assert subscriber.items and subscriber.sequences == [3]
+    assert subscriber.items[0][3] is False
+
+
+def test_resume_ahead_of_the_last_sequence_fails(db: Database, store: StateStore) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    store.data_source_processing(source)
+    store.data_source_processing(source)
+    actor = start(pid, db)
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber, after_sequence=7))
+    stats = handled(actor)
+    assert subscriber.items == []
+    assert len(subscriber.errors) == 1
+    [error] = subscriber.errors[0]
+    assert f"afterSequence 7 is ahead of project {pid}'s last sequence 2" in error["message"]
+    assert error["extensions"]["code"] == "BAD_AFTER_SEQUENCE"
+    assert stats["subscribers"] == 0  # a refused subscriber is not kept
+    actor.tell(store.data_source_pending(source))
+    handled(actor)
+    assert subscriber.items == []
+
+    negative = FakeSubscriber("s2")
+    actor.tell(Subscribe(negative, after_sequence=-1))
+    handled(actor)
+    assert "afterSequence must be 0 or more, got -1" in negative.errors[0][0]["message"]
+
+
+def test_resume_from_a_committed_sequence_not_yet_received(db: Database, store: StateStore) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    actor = start(pid, db)
+    assert handled(actor)["last_sequence"] == 0
+    in_flight = [store.data_source_processing(source) for _ in range(3)]  # committed: 1, 2, 3
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber, after_sequence=2))
+    for change in in_flight:
+        actor.tell(change)
+    handled(actor)
+    assert subscriber.errors == []
+    assert subscriber.sequences == [3]
+
+
+def test_resume_before_the_retention_window_fails(db: Database) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    store = StateStore(db, retention=3)
+    for _ in range(6):
+        store.data_source_processing(source)  # the log keeps 4, 5, 6
+    actor = start(pid, db)
+
+    too_old = FakeSubscriber("old")
+    actor.tell(Subscribe(too_old, after_sequence=2))
+    just_in = FakeSubscriber("in")
+    actor.tell(Subscribe(just_in, after_sequence=3))
+    handled(actor)
+
+    assert too_old.items == []
+    [error] = too_old.errors[0]
+    assert (
+        f"events after sequence 2 of project {pid} are no longer in the event log"
+        in (error["message"])
+    )
+    assert "before sequence 4" in error["message"]
+    assert "snapshot: true" in error["message"]
+    assert error["extensions"]["code"] == "RESUME_TOO_OLD"
+    assert just_in.errors == []
+    assert just_in.sequences == [4, 5, 6]
+
+
+def test_snapshot_sends_current_state_of_every_node(db: Database, store: StateStore) -> None:
+    pid = new_project(db)
+    done, broken = new_source(db, pid, "done"), new_source(db, pid, "broken")
+    add_source_node(db, pid, "done_again", done)
+    with db.write() as s:
+        queries.add_node(s, pid, node_type="GraphNode", config={}, node_id="graph_1")
+    store.data_source_processing(done)
+    store.data_source_completed(done, {"nodes": [], "edges": [], "layers": []})
+    store.data_source_failed(broken, "missing column 'label'")
+    store.graph(pid, "graph_1", lambda g: setattr(g, "execution_state", "processing"))
+    actor = start(pid, db)
+
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber, snapshot=True))
+    handled(actor)  # the snapshot is taken before the next change is committed
+    actor.tell(store.graph(pid, "graph_1", lambda g: setattr(g, "execution_state", "completed")))
+    handled(actor)
+
+    snapshot = {node: event for node, _seq, event, replay in subscriber.items if replay}
+    assert set(snapshot) == {f"datasource_{done}", "done_again", f"datasource_{broken}", "graph_1"}
+    assert all(event["sequence"] == 4 for event in snapshot.values())
+    assert snapshot[f"datasource_{done}"]["datasourceExecution"]["executionState"] == "completed"
+    assert snapshot["done_again"]["datasourceExecution"]["status"] == "active"
+    broken_state = snapshot[f"datasource_{broken}"]["datasourceExecution"]
+    assert (broken_state["executionState"], broken_state["errorMessage"]) == (
+        "error",
+        "missing column 'label'",
+    )
+    assert snapshot["graph_1"]["nodeType"] == "GraphNode"
+    assert snapshot["graph_1"]["graphExecution"]["executionState"] == "processing"
+    live = [(node, seq) for node, seq, _event, replay in subscriber.items if not replay]
+    assert live == [("graph_1", 5)]
+    assert subscriber.items[-1][2]["graphExecution"]["executionState"] == "completed"
+
+
+def test_subscribing_to_a_missing_project_fails(db: Database) -> None:
+    actor = start(4242, db)
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber, snapshot=True))
+    stats = handled(actor)
+    assert subscriber.items == []
+    [error] = subscriber.errors[0]
+    assert error["message"] == "project 4242 does not exist"
+    assert error["extensions"]["code"] == "PROJECT_NOT_FOUND"
+    assert stats["subscribers"] == 0
+
+
+def test_shared_selection_is_rendered_once_per_event(db: Database, store: StateStore) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    add_source_node(db, pid, "second_node", source)
+    actor = start(pid, db)
+    shared = FakeSelection("same document, same variables")
+    alone = FakeSelection("another document")
+    sharing = [FakeSubscriber(f"shared-{i}", shared) for i in range(5)]
+    lonely = FakeSubscriber("lonely", alone)
+    for subscriber in [*sharing, lonely]:
+        actor.tell(Subscribe(subscriber))
+    assert handled(actor)["groups"] == 2
+
+    for _ in range(3):
+        actor.tell(store.data_source_processing(source))
+    handled(actor)
+
+    # 3 events x 2 nodes each: 6 renders per distinct selection, however many share it.
+    assert shared.renders == 6
+    assert alone.renders == 6
+    for subscriber in [*sharing, lonely]:
+        assert sorted(subscriber.seen) == sorted(
+            (node, seq) for node in (f"datasource_{source}", "second_node") for seq in (1, 2, 3)
+        )
+    assert sharing[0].items == sharing[4].items
+
+
+def test_idle_check(db: Database, store: StateStore) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    actor = start(pid, db)
+    assert actor.ask(IdleCheck(0)) is True  # nobody, and zero seconds asked
+    assert actor.ask(IdleCheck(60)) is False  # just started counts as recent
+
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber))
+    assert actor.ask(IdleCheck(0)) is False  # a subscriber keeps it busy
+    actor.tell(Unsubscribe("s1"))
+    assert actor.ask(IdleCheck(0)) is True
+
+    actor.tell(store.data_source_processing(source))  # traffic without subscribers
+    assert actor.ask(IdleCheck(0.3)) is False
+    time.sleep(0.35)
+    assert actor.ask(IdleCheck(0.3)) is True  # asking is not traffic
+
+
+# --- the Hub ------------------------------------------------------------------------------
+
+
+def project_actor_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("ProjectActor")}
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {predicate}")
+        time.sleep(0.01)
+    return value
+
+
+@pytest.fixture
+def hub(db: Database) -> Iterator[Hub]:
+    # No automatic reaping: the tests call reap_idle() themselves.
+    hub = Hub(db, idle_seconds=0.1, reap_interval=3600)
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+def test_hub_subscribe_starts_an_actor_and_routes_to_it(
+    db: Database, store: StateStore, hub: Hub
+) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    subscriber = FakeSubscriber("s1")
+    hub.subscribe(pid, subscriber)
+    assert hub.project_ids() == [pid]
+    assert hub.ask(pid, "stats")["subscribers"] == 1
+    hub.route(store.data_source_processing(source))
+    hub.route(PlanChanged(pid))
+    assert hub.ask(pid, "stats")["subscribers"] == 1
+    assert subscriber.seen == [(f"datasource_{source}", 1)]
+    assert hub.ask(9999, "stats") is None
+
+
+class GatedDatabase(Database):
+    """The real database, but project actor threads wait at their first read until the gate
+    opens: a deterministic stand-in for an actor thread that is slow to get going."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.gate = threading.Event()
+
+    @contextmanager
+    def read(self) -> Iterator[Any]:
+        if threading.current_thread().name.startswith("ProjectActor"):
+            self.gate.wait(timeout=10)
+        with super().read() as s:
+            yield s
+
+
+def test_hub_first_subscriber_gets_a_change_committed_right_after_subscribing(
+    sqlite_url: str,
+) -> None:
+    db = GatedDatabase(sqlite_url)
+    db.create_schema()
+    hub = Hub(db, idle_seconds=60, reap_interval=3600)
+    try:
+        pid = new_project(db)
+        source = new_source(db, pid)
+        subscriber = FakeSubscriber("s1")
+        hub.subscribe(pid, subscriber)  # returns: the client now creates/processes a source
+        change = StateStore(db).data_source_processing(source)  # committed after subscribing
+        db.gate.set()  # the actor thread gets going only now
+        hub.route(change)
+        hub.ask(pid, "stats")
+        assert subscriber.seen == [(f"datasource_{source}", 1)]
+    finally:
+        db.gate.set()
+        hub.stop()
+        db.dispose()
+
+
+def test_hub_reaps_an_idle_actor_and_its_thread_ends(db: Database, hub: Hub) -> None:
+    pid = new_project(db)
+    before = project_actor_threads()
+    subscriber = FakeSubscriber("s1")
+    hub.subscribe(pid, subscriber)
+    assert hub.ask(pid, "stats")["subscribers"] == 1
+    [thread] = project_actor_threads() - before
+    assert thread.is_alive()
+
+    time.sleep(0.15)
+    assert hub.reap_idle() == 0  # a subscriber keeps it alive, however long ago it came
+    assert hub.project_ids() == [pid]
+
+    hub.unsubscribe(pid, "s1")
+    assert hub.reap_idle() == 0  # the unsubscribe was traffic just now
+    time.sleep(0.15)
+    assert hub.reap_idle() == 1
+    assert hub.project_ids() == []
+    assert hub.actor_count == 0
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert thread not in threading.enumerate()
+
+    # A new subscriber later gets a fresh actor.
+    again = FakeSubscriber("s2")
+    hub.subscribe(pid, again)
+    assert hub.ask(pid, "stats")["subscribers"] == 1
+
+
+def test_hub_route_without_an_actor_does_nothing(db: Database, store: StateStore, hub: Hub) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    before = project_actor_threads()
+    hub.route(store.data_source_processing(source))
+    hub.route(PlanChanged(pid))
+    hub.unsubscribe(pid, "nobody")
+    assert hub.project_ids() == []
+    assert hub.actor_count == 0
+    assert project_actor_threads() == before
+    assert pykka.ActorRegistry.get_by_class(ProjectActor) == []
+
+
+def test_status_changed_survives_the_bus_encoding() -> None:
+    change = StatusChanged(
+        3, 7, "graph", 2, "g", {"executionState": "error"}, "2024-01-01T00:00:00.000Z"
+    )
+    assert bus_message_from_json(change.to_json()) == change
+    assert bus_message_from_json(PlanChanged(3).to_json()) == PlanChanged(3)
+    with pytest.raises(ValueError, match="unknown bus message kind 'other'"):
+        bus_message_from_json(b'{"kind": "other"}')
