@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pykka
 
@@ -73,6 +73,19 @@ class DataSourceExecutor(pykka.ThreadingActor):
         return "completed"
 
 
+class WorkSink(Protocol):
+    """Where the gateway sends work requests: this process's executors, or a queue that
+    worker processes consume. Every method returns at once."""
+
+    def process_data_source(self, data_source_id: int) -> Any: ...
+
+    def run_plan(self, project_id: int, target: str | None = None) -> None:
+        """Raises PlanRefused (a message for people) when the run cannot start."""
+        ...
+
+    def stop_plan(self, project_id: int) -> bool: ...
+
+
 class Executors:
     """The executor actors of this process, and the one way to hand them work."""
 
@@ -94,6 +107,12 @@ class Executors:
         so two requests for it run one after the other, never interleaved."""
         actor = self._sources[data_source_id % len(self._sources)]
         return actor.ask(ProcessDataSource(data_source_id), block=False)
+
+    def run_plan(self, project_id: int, target: str | None = None) -> None:
+        self.plans.run(project_id, target)
+
+    def stop_plan(self, project_id: int) -> bool:
+        return self.plans.stop(project_id)
 
     def recover_interrupted(self) -> int:
         changes = self.store.recover_interrupted()

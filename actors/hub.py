@@ -21,6 +21,7 @@ from actors.messages import (
     BusMessage,
     IdleCheck,
     PlanChanged,
+    Resync,
     StatusChanged,
     Subscribe,
     Subscriber,
@@ -90,6 +91,12 @@ class Hub:
             if ref is not None:
                 self._last_routed[project_id] = time.monotonic()
                 ref.tell(Unsubscribe(key))
+
+    def resync_all(self) -> None:
+        """After the bus may have lost messages: every actor catches up from the log."""
+        with self._lock:
+            for ref in self._actors.values():
+                ref.tell(Resync())
 
     def ask(self, project_id: int, message: Any, timeout: float = 10.0) -> Any:
         """Ask a running actor (for tests and the status page); None if not running."""

@@ -113,6 +113,11 @@ class Unsubscribe:
 
 
 @dataclass(frozen=True, slots=True)
+class Resync:
+    """Messages may have been lost (a bus reconnect): catch up from the event log."""
+
+
+@dataclass(frozen=True, slots=True)
 class IdleCheck:
     """Asked by the hub: 'have you had no subscriber and no traffic for this long?'"""
 

@@ -20,6 +20,7 @@ from actors.events import node_events
 from actors.messages import (
     IdleCheck,
     PlanChanged,
+    Resync,
     Selection,
     StatusChanged,
     Subscribe,
@@ -80,6 +81,8 @@ class ProjectActor(pykka.ThreadingActor):
         elif isinstance(message, PlanChanged):
             self.source_nodes.clear()
             self.node_types.clear()
+        elif isinstance(message, Resync):
+            self._resync()
         elif isinstance(message, IdleCheck):
             return self._is_idle(message.idle_seconds)
         elif message == "stats":
@@ -111,6 +114,12 @@ class ProjectActor(pykka.ThreadingActor):
         if message.sequence > self.last_sequence + 1:
             self._fill_gap(upto=message.sequence - 1)
         self._publish(message)
+
+    def _resync(self) -> None:
+        with self.db.read() as s:
+            committed = queries.last_sequence(s, self.project_id)
+        if committed > self.last_sequence:
+            self._fill_gap(upto=committed)
 
     def _fill_gap(self, upto: int) -> None:
         with self.db.read() as s:

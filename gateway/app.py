@@ -56,7 +56,7 @@ class App:
             else None
         )
         self.services = Services(
-            db=self.db, store=self.store, bus=self.bus, hub=self.hub, executors=self.executors
+            db=self.db, store=self.store, bus=self.bus, hub=self.hub, work=self.executors
         )
         self.gateway = Gateway(self.services, make_schema(), config.gateway)
 

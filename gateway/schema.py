@@ -18,7 +18,7 @@ from graphql import GraphQLError, GraphQLResolveInfo, GraphQLSchema, build_schem
 from actors import processing
 from actors.bus import Bus
 from actors.events import node_events
-from actors.executors import Executors
+from actors.executors import WorkSink
 from actors.hub import Hub
 from actors.messages import PlanChanged
 from actors.plan import PlanRefused
@@ -39,7 +39,7 @@ class Services:
     store: StateStore
     bus: Bus
     hub: Hub
-    executors: Executors | None = None
+    work: WorkSink | None = None
 
 
 @dataclass
@@ -313,13 +313,14 @@ def resolve_delete_edge(_root: Any, info: GraphQLResolveInfo, projectId: int, ed
     return deleted
 
 
-def _executors(ctx: RequestContext) -> Executors:
-    if ctx.services.executors is None:
+def _work(ctx: RequestContext) -> WorkSink:
+    if ctx.services.work is None:
         raise GraphQLError(
-            "this server runs no executors (--no-executors) and has no work queue configured",
+            "this server runs no executors (--no-executors) and has no work queue "
+            "configured: start it with --bus-url redis://… and run `python run.py worker`",
             extensions={"code": "NO_EXECUTORS"},
         )
-    return ctx.services.executors
+    return ctx.services.work
 
 
 def resolve_create_data_source(
@@ -328,7 +329,7 @@ def resolve_create_data_source(
     ctx = _ctx(info)
     project_id = input["projectId"]
     ctx.check_project(project_id)
-    executors = _executors(ctx)
+    work = _work(ctx)
     try:
         processing.validate_format(input["fileFormat"], input["dataType"])
     except processing.ProcessingError as error:
@@ -345,7 +346,7 @@ def resolve_create_data_source(
         )
         result = data_source_dict(source)
     _plan_changed(ctx, project_id)
-    executors.process_data_source(result["id"])
+    work.process_data_source(result["id"])
     return result
 
 
@@ -355,7 +356,7 @@ def resolve_reprocess_data_source(_root: Any, info: GraphQLResolveInfo, id: int)
         source = queries.require_data_source(s, id)
         ctx.check_project(source.project_id)
         result = data_source_dict(source)
-    _executors(ctx).process_data_source(id)
+    _work(ctx).process_data_source(id)
     return result
 
 
@@ -370,7 +371,7 @@ def resolve_execute_plan(_root: Any, info: GraphQLResolveInfo, projectId: int) -
 def _start_run(ctx: RequestContext, project_id: int, target: str | None) -> bool:
     ctx.check_project(project_id)
     try:
-        _executors(ctx).plans.run(project_id, target)
+        _work(ctx).run_plan(project_id, target)
     except PlanRefused as error:
         raise GraphQLError(str(error), extensions={"code": "PLAN_REFUSED"}) from error
     return True
@@ -379,7 +380,7 @@ def _start_run(ctx: RequestContext, project_id: int, target: str | None) -> bool
 def resolve_stop_plan(_root: Any, info: GraphQLResolveInfo, projectId: int) -> bool:
     ctx = _ctx(info)
     ctx.check_project(projectId)
-    return _executors(ctx).plans.stop(projectId)
+    return _work(ctx).stop_plan(projectId)
 
 
 RESOLVERS: dict[str, Callable[..., Any]] = {
