@@ -37,15 +37,10 @@ def env_flag(name: str) -> bool:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     from actors.state import DEFAULT_RETENTION
-    from storage.db import DEFAULT_DATABASE_URL
 
     parser.add_argument("--host", default=env_default("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=env_default("PORT", 8765, int))
-    parser.add_argument(
-        "--database-url",
-        default=env_default("DATABASE_URL", DEFAULT_DATABASE_URL),
-        help="SQLAlchemy URL: sqlite:///file.db (default) or postgresql+psycopg://...",
-    )
+    add_database_url(parser)
     parser.add_argument(
         "--init-timeout",
         type=float,
@@ -71,7 +66,41 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="run a gateway only: executions are left to `run.py worker` processes",
     )
     parser.add_argument(
+        "--auth",
+        action=argparse.BooleanOptionalAction,
+        default=env_default("AUTH", None, _parse_bool),
+        help="require a token in connection_init (default: on unless --host is loopback)",
+    )
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=env_default("ALLOWED_ORIGINS", [], lambda v: [o for o in v.split(",") if o]),
+        help="a browser Origin allowed besides the page's own (repeatable)",
+    )
+    add_log_level(parser)
+
+
+def add_log_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--log-level", default=env_default("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING"
+    )
+
+
+def _parse_bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def add_database_url(parser: argparse.ArgumentParser) -> None:
+    from storage.db import DEFAULT_DATABASE_URL
+
+    parser.add_argument(
+        "--database-url",
+        default=env_default("DATABASE_URL", DEFAULT_DATABASE_URL),
+        help="SQLAlchemy URL: sqlite:///file.db (default) or postgresql+psycopg://...",
     )
 
 
@@ -84,7 +113,13 @@ def app_config(args: argparse.Namespace) -> Any:
         executors=not args.no_executors,
         retention=args.retention,
         idle_seconds=args.idle_seconds,
-        gateway=GatewayConfig(host=args.host, port=args.port, init_timeout=args.init_timeout),
+        gateway=GatewayConfig(
+            host=args.host,
+            port=args.port,
+            init_timeout=args.init_timeout,
+            auth=args.auth,
+            allowed_origins=args.allowed_origin,
+        ),
     )
 
 
@@ -108,12 +143,63 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from storage import queries
+    from storage.db import Database
+
+    db = Database(args.database_url)
+    db.create_schema()
+    try:
+        if args.action == "create":
+            with db.write() as s:
+                token, raw = queries.create_token(
+                    s, project_ids=args.project or [], admin=args.admin, name=args.name
+                )
+                scope = "admin" if token.admin else f"projects {token.project_ids}"
+            print(raw)
+            print(f"token {token.id} ({scope}); shown once, stored hashed", file=sys.stderr)
+        elif args.action == "list":
+            with db.read() as s:
+                print(f"{'id':>4}  {'scope':<24}  {'name':<20}  created")
+                for t in queries.list_tokens(s):
+                    scope = "admin" if t.admin else ",".join(map(str, t.project_ids))
+                    print(f"{t.id:>4}  {scope:<24}  {t.name:<20}  {queries.rfc3339(t.created_at)}")
+        else:
+            with db.write() as s:
+                if not queries.revoke_token(s, args.id):
+                    print(f"no token with id {args.id}", file=sys.stderr)
+                    return 1
+    except (queries.InvalidInput, queries.NotFound) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        db.dispose()
+    return 0
+
+
+def add_token_command(commands: Any) -> None:
+    token = commands.add_parser("token", help="create, list or revoke API tokens")
+    actions = token.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="print a new token (shown once)")
+    create.add_argument("--project", type=int, action="append", help="project id (repeatable)")
+    create.add_argument("--admin", action="store_true", help="every project, and loadgen")
+    create.add_argument("--name", default="", help="a note to recognise it by")
+    actions.add_parser("list", help="list tokens (never their values)")
+    revoke = actions.add_parser("revoke", help="delete a token")
+    revoke.add_argument("id", type=int)
+    for sub in (create, actions.choices["list"], revoke):
+        add_database_url(sub)
+        add_log_level(sub)
+    token.set_defaults(func=cmd_token)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="run the service (the default)")
     add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+    add_token_command(commands)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):

@@ -44,6 +44,9 @@ class Hub:
         on_last_actor_gone: Callable[[int], None] | None = None,
     ) -> None:
         self.db = db
+        # Set by the gateway: told the timestamp of every change delivered to subscribers.
+        self.on_delivered: Callable[[str], None] | None = None
+        self.changes_routed = 0  # StatusChanged messages this process's hub received
         self.idle_seconds = idle_seconds
         self._actors: dict[int, pykka.ActorRef[ProjectActor]] = {}
         self._last_routed: dict[int, float] = {}
@@ -67,6 +70,8 @@ class Hub:
         through the event log, never through messages it was not there for.
         """
         with self._lock:
+            if isinstance(message, StatusChanged):
+                self.changes_routed += 1
             ref = self._actors.get(message.project_id)
             if ref is None:
                 return
@@ -104,10 +109,14 @@ class Hub:
             ref = self._actors.get(project_id)
         return ref.ask(message, timeout=timeout) if ref is not None else None
 
+    def _delivered(self, timestamp: str) -> None:
+        if self.on_delivered is not None:
+            self.on_delivered(timestamp)
+
     def _get_or_start(self, project_id: int) -> pykka.ActorRef[ProjectActor]:
         ref = self._actors.get(project_id)
         if ref is None or not ref.is_alive():
-            ref = ProjectActor.start(project_id, self.db)
+            ref = ProjectActor.start(project_id, self.db, self._delivered)
             self._actors[project_id] = ref
             if self._on_actor_started is not None:
                 self._on_actor_started(project_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import pykka
@@ -49,8 +49,15 @@ class _Group:
 class ProjectActor(pykka.ThreadingActor):
     """Turns a project's state changes into frames for its subscribers' mailboxes."""
 
-    def __init__(self, project_id: int, db: Database) -> None:
+    def __init__(
+        self,
+        project_id: int,
+        db: Database,
+        on_delivered: Callable[[str], None] | None = None,
+    ) -> None:
         super().__init__()
+        # Told each delivered change's timestamp, once per change (the latency metric).
+        self.on_delivered = on_delivered
         self.project_id = project_id
         self.db = db
         self.groups: dict[Hashable, _Group] = {}
@@ -141,6 +148,8 @@ class ProjectActor(pykka.ThreadingActor):
             ]
             for subscriber in list(group.subscribers.values()):
                 subscriber.deliver(items)
+        if self.on_delivered is not None:
+            self.on_delivered(message.timestamp)
 
     def events_for(self, message: StatusChanged) -> list[dict[str, Any]]:
         return node_events(message, self._nodes_of_source, self._node_type)

@@ -59,6 +59,7 @@ class App:
             db=self.db, store=self.store, bus=self.bus, hub=self.hub, work=self.executors
         )
         self.gateway = Gateway(self.services, make_schema(), config.gateway)
+        self.hub.on_delivered = self.gateway.metrics.observe_delivery
 
     async def start(self) -> None:
         if self.executors is not None:

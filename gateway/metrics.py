@@ -6,21 +6,30 @@ process and read each one's numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 
 class GatewayMetrics:
-    def __init__(self, active_actors: Callable[[], int]) -> None:
+    def __init__(
+        self, active_actors: Callable[[], int], changes_published: Callable[[], int]
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        r.register(_CallbackCounter("planpulse_events_published", _PUBLISHED, changes_published))
         self.connections = Gauge("planpulse_connections", "Open WebSocket connections", registry=r)
         self.subscriptions = Gauge("planpulse_subscriptions", "Active subscriptions", registry=r)
         self.actors = Gauge("planpulse_project_actors", "Running project actors", registry=r)
         self.actors.set_function(lambda: float(active_actors()))
-        self.events_published = Counter(
-            "planpulse_events_published", "State changes published by this process", registry=r
+        self.events_delivered = Counter(
+            "planpulse_events_delivered",
+            "State changes handed to at least one subscriber's outbox",
+            registry=r,
         )
         self.frames_delivered = Counter(
             "planpulse_frames_delivered", "Frames written to WebSocket connections", registry=r
@@ -42,5 +51,29 @@ class GatewayMetrics:
             registry=r,
         )
 
+    def observe_delivery(self, timestamp: str) -> None:
+        """A change was handed to its subscribers' outboxes: how long after it happened."""
+        try:
+            happened = datetime.fromisoformat(timestamp).timestamp()
+        except ValueError:
+            return
+        self.events_delivered.inc()
+        self.delivery_latency.observe(max(0.0, time.time() - happened))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_PUBLISHED = "State changes received from the bus by this process (whether or not watched)"
+
+
+class _CallbackCounter(Collector):
+    """A counter whose value is kept elsewhere (the hub counts under its own lock)."""
+
+    def __init__(self, name: str, documentation: str, value: Callable[[], int]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = value
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.value())

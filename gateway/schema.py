@@ -49,6 +49,7 @@ class RequestContext:
     services: Services
     # Project ids the caller may touch; None means every project (auth off, or admin).
     scope: frozenset[int] | None = None
+    admin: bool = True
     extras: dict[str, Any] = field(default_factory=dict)
 
     def check_project(self, project_id: int) -> None:

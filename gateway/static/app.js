@@ -1,0 +1,381 @@
+// The page's wiring: one connection, the project list, the open project (its plan, its
+// live status subscription) and the buttons. Each piece it wires lives in its own module.
+//
+// Live updates: the plan is queried, then `nodeExecutionStatusChanged(snapshot: true)` is
+// subscribed; every event is applied to its node (repeats ignored by sequence). After a
+// dropped connection the subscription is sent again with `afterSequence`, so the server
+// replays what happened meanwhile and nothing is missed.
+
+import { Api } from "./api.js";
+import { DagView } from "./dag.js";
+import { Client, ConnectionError, Status } from "./gqlws.js";
+import { PlanModel, STATES } from "./model.js";
+import { ActivityFeed, DetailsPanel } from "./panel.js";
+import { initPayload, storedToken, TokenDialog } from "./token.js";
+import { $, describeError, h, showMessage, STATE_LABELS } from "./ui.js";
+import { UploadDialog } from "./upload.js";
+
+const RESUME_REFUSED = new Set(["RESUME_TOO_OLD", "BAD_AFTER_SEQUENCE"]);
+
+let token = storedToken();
+const client = new Client({
+  url: `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/graphql`,
+  connectionParams: () => initPayload(token),
+  onStatus: onConnectionStatus,
+});
+const api = new Api(client);
+
+const dag = new DagView($("#canvas"), { onSelect: selectNode });
+const details = new DetailsPanel($("#details"), { onRunNode: runNode });
+const feed = new ActivityFeed($("#feed"));
+const upload = new UploadDialog($("#upload-dialog"), uploadDataSource);
+const tokenDialog = new TokenDialog($("#token-dialog"), (newToken) => {
+  token = newToken;
+  client.restart();
+});
+
+/** The open project: its model and its subscription. */
+let current = null; // {model, unwatch, loads, refetchTimer}
+let everLive = false;
+let refused = false;
+
+// --- connection ---------------------------------------------------------------------
+
+function onConnectionStatus({ status, detail, retryInMs }) {
+  const indicator = $("#connection");
+  indicator.dataset.status = status;
+  const words = {
+    [Status.CONNECTING]: "Connecting…",
+    [Status.LIVE]: "Live",
+    [Status.RECONNECTING]: "Reconnecting…",
+    [Status.REFUSED]: token ? "Token refused" : "Token needed",
+    [Status.STOPPED]: "Offline",
+  };
+  $(".connection-text", indicator).textContent = words[status] ?? status;
+  indicator.title =
+    status === Status.RECONNECTING && retryInMs !== undefined
+      ? `${detail}: retrying in ${(retryInMs / 1000).toFixed(1)} s`
+      : detail;
+
+  if (status === Status.LIVE) {
+    // Requests that failed with the lost (or refused) socket are asked again; the status
+    // subscription is re-sent by the client itself, resuming after the last sequence.
+    if (everLive || refused) {
+      loadProjects();
+      if (current) refetchPlan(current, 0);
+    }
+    everLive = true;
+    refused = false;
+  } else if (status === Status.REFUSED) {
+    refused = true;
+    const why = token
+      ? "The token was refused: enter a valid API token."
+      : "This server needs an API token: enter one to connect.";
+    showMessage("error", why, { title: "Not connected." });
+    tokenDialog.open(why);
+  }
+}
+
+$("#connection").addEventListener("click", () => {
+  if (client.status === Status.REFUSED) tokenDialog.open(null);
+});
+$("#token-button").addEventListener("click", () => tokenDialog.open(null));
+
+// --- projects -----------------------------------------------------------------------
+
+async function loadProjects() {
+  let projects;
+  try {
+    projects = await api.projects();
+  } catch (err) {
+    // A lost or refused connection is told by the indicator; the list reloads once live.
+    if (!(err instanceof ConnectionError)) {
+      showMessage("error", describeError(err), { title: "Could not list the projects:" });
+    }
+    return;
+  }
+  const list = $("#projects");
+  if (!projects.length) {
+    list.replaceChildren(h("li", { class: "hint" }, "No projects yet: create one below."));
+    return;
+  }
+  list.replaceChildren(
+    ...projects.map((p) =>
+      h(
+        "li",
+        {},
+        h(
+          "a",
+          { class: "project-link", href: `#/project/${p.id}`, dataset: { projectId: p.id } },
+          h("span", { class: "project-name" }, p.name),
+          p.description ? h("span", { class: "project-desc" }, p.description) : null,
+        ),
+      ),
+    ),
+  );
+  markActiveProject();
+}
+
+function markActiveProject() {
+  for (const link of document.querySelectorAll(".project-link")) {
+    link.classList.toggle("active", Number(link.dataset.projectId) === current?.model.projectId);
+  }
+}
+
+$("#new-project").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const input = $("#new-project-name");
+  const name = input.value.trim();
+  if (!name) return;
+  try {
+    const project = await api.createProject(name);
+    input.value = "";
+    await loadProjects();
+    location.hash = `#/project/${project.id}`;
+  } catch (err) {
+    showMessage("error", describeError(err), { title: "Could not create the project:" });
+  }
+});
+$("#refresh-projects").addEventListener("click", loadProjects);
+
+// --- the open project ---------------------------------------------------------------
+
+function route() {
+  const match = location.hash.match(/^#\/project\/(\d+)/);
+  const id = match ? Number(match[1]) : null;
+  if (id === current?.model.projectId) return;
+  closeProject();
+  if (id !== null) openProject(id);
+}
+
+function closeProject() {
+  if (!current) return;
+  current.unwatch?.();
+  clearTimeout(current.refetchTimer);
+  current = null;
+  $("#project").hidden = true;
+  $("#empty").hidden = false;
+  document.title = "planpulse";
+  markActiveProject();
+}
+
+async function openProject(projectId) {
+  const open = {
+    model: new PlanModel(projectId),
+    unwatch: null,
+    loads: 0,
+    refetchTimer: null,
+    snapshotSequence: null, // while the snapshot arrives: the sequence it is stamped with
+  };
+  current = open;
+  $("#empty").hidden = true;
+  $("#project").hidden = false;
+  $("#project-name").textContent = `Project ${projectId}`;
+  $("#project-description").textContent = "Loading the plan…";
+  feed.clear();
+  details.clear();
+  markActiveProject();
+  // Without a connection the plan is loaded again once live; watch all the same.
+  if ((await loadPlan(open)) !== "missing" && current === open) watch(open);
+}
+
+/** Query the plan and draw it: "ok", "missing" (no such project) or "failed". */
+async function loadPlan(open) {
+  const load = ++open.loads;
+  let result;
+  try {
+    result = await api.plan(open.model.projectId);
+  } catch (err) {
+    if (current === open && !(err instanceof ConnectionError)) {
+      showMessage("error", describeError(err), { title: "Could not load the plan:" });
+    }
+    return "failed";
+  }
+  if (current !== open || load !== open.loads) return "failed"; // closed, or a newer load
+  if (!result.project) {
+    showMessage("error", `Project ${open.model.projectId} does not exist (it may have been deleted).`);
+    location.hash = "#/";
+    return "missing";
+  }
+  open.model.setPlan(result);
+  renderPlan(open.model);
+  return "ok";
+}
+
+function refetchPlan(open, delay = 150) {
+  clearTimeout(open.refetchTimer);
+  open.refetchTimer = setTimeout(() => loadPlan(open), delay);
+}
+
+function renderPlan(model) {
+  const { project } = model;
+  $("#project-name").textContent = project?.name ?? `Project ${model.projectId}`;
+  $("#project-description").textContent =
+    project?.description || `${model.nodes.length} nodes · ${model.edges.length} edges`;
+  document.title = `${project?.name ?? "Project"} — planpulse`;
+  $("#canvas").classList.toggle("canvas-empty", model.nodes.length === 0);
+  dag.draw(model);
+  details.refresh(model);
+  renderSummary(model);
+}
+
+function renderSummary(model) {
+  const counts = model.counts();
+  $("#summary").replaceChildren(
+    ...STATES.map((state) =>
+      h(
+        "span",
+        { class: "chip", dataset: { state }, title: `${counts[state]} ${STATE_LABELS[state].toLowerCase()}` },
+        h("span", { class: "chip-dot" }),
+        STATE_LABELS[state],
+        h("b", {}, counts[state]),
+      ),
+    ),
+  );
+}
+
+function watch(open) {
+  const { model } = open;
+  open.unwatch = api.watch(
+    () => {
+      if (model.highestSequence === null) {
+        open.snapshotSequence = undefined; // the first event tells
+        return { projectId: model.projectId, snapshot: true };
+      }
+      // One below the highest: a data source named by several nodes gives several events
+      // with one sequence, and the socket may have dropped between them. Repeats are ignored.
+      const afterSequence = Math.max(0, model.highestSequence - 1);
+      feed.note(`Connection back: catching up on changes after #${afterSequence}`);
+      return { projectId: model.projectId, afterSequence };
+    },
+    {
+      next: (payload) => onStatusEvent(open, payload),
+      error: (err) => onWatchError(open, err),
+    },
+  );
+}
+
+function onStatusEvent(open, payload) {
+  if (current !== open) return;
+  if (payload.errors?.length) {
+    showMessage("error", describeError(payload), { title: "A status event came with errors:" });
+    return;
+  }
+  const event = payload.data?.nodeExecutionStatusChanged;
+  if (!event) return;
+  const { model } = open;
+  const state = (event.datasourceExecution ?? event.graphExecution)?.executionState;
+  const echo = isSnapshotEcho(open, event, state);
+  const outcome = model.apply(event);
+  if (outcome === "repeat") return;
+  if (!echo) feed.add(model, event);
+  if (outcome === "unknown" || state === "pending") refetchPlan(open); // a new node, or a run starts
+  if (outcome === "applied") {
+    dag.update(model, event.nodeId);
+    if (details.nodeId === event.nodeId) details.show(model, event.nodeId);
+    renderSummary(model);
+  }
+}
+
+/**
+ * Is this event part of the snapshot that opens the subscription, telling a state the plan
+ * query already showed? Such an event is no change: it is applied, not put in the feed.
+ * Snapshot events come first and all carry one sequence; the first other one ends them.
+ */
+function isSnapshotEcho(open, event, state) {
+  if (open.snapshotSequence === null) return false;
+  if (open.snapshotSequence === undefined) open.snapshotSequence = event.sequence;
+  if (event.sequence !== open.snapshotSequence) {
+    open.snapshotSequence = null;
+    return false;
+  }
+  const before = open.model.status.get(event.nodeId);
+  return Boolean(before && before.sequence === null && before.state === state);
+}
+
+async function onWatchError(open, err) {
+  if (current !== open) return;
+  open.unwatch = null;
+  if (RESUME_REFUSED.has(err.code)) {
+    feed.note("The server cannot replay from where this page left off: reloading the current state.");
+    open.model.forgetSequences();
+    if ((await loadPlan(open)) !== "missing" && current === open) watch(open);
+    return;
+  }
+  showMessage("error", describeError(err), { title: "Live updates of this project stopped:" });
+}
+
+// --- actions ------------------------------------------------------------------------
+
+function selectNode(nodeId) {
+  if (!current) return;
+  dag.select(nodeId);
+  details.show(current.model, nodeId);
+}
+
+async function act(button, what, action) {
+  if (!current) return;
+  if (button) button.disabled = true;
+  try {
+    return await action(current.model.projectId);
+  } catch (err) {
+    showMessage("error", describeError(err), { title: `Could not ${what}:` });
+    return undefined;
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+$("#execute-plan").addEventListener("click", async (e) => {
+  if (await act(e.currentTarget, "execute the plan", (pid) => api.executePlan(pid))) {
+    showMessage("info", "The plan is running: watch the badges.");
+  }
+});
+
+$("#stop-plan").addEventListener("click", async (e) => {
+  const stopped = await act(e.currentTarget, "stop the plan", (pid) => api.stopPlan(pid));
+  if (stopped === true) showMessage("info", "Stopping: nodes not yet done go back to not started.");
+  else if (stopped === false) showMessage("info", "Nothing is running in this project.");
+});
+
+async function runNode(nodeId) {
+  const label = current ? current.model.labelOf(current.model.byId.get(nodeId)) : nodeId;
+  if (await act($("#run-node"), `run ${label}`, (pid) => api.executeNode(pid, nodeId))) {
+    showMessage("info", `Running ${label} and what it depends on.`);
+  }
+}
+
+$("#upload").addEventListener("click", () => {
+  if (!current) return;
+  const { model } = current;
+  upload.open(model.graphLikeNodes().map((n) => ({ id: n.id, label: model.labelOf(n) })));
+});
+
+async function uploadDataSource({ feedInto, ...file }) {
+  const open = current;
+  if (!open) throw new Error("no project is open");
+  const { model } = open;
+  const source = await api.createDataSource({ projectId: model.projectId, ...file });
+  await loadPlan(open);
+  const node = model.dataSourceNodeOf(source.id);
+  if (node) selectNode(node.id);
+  if (feedInto && node) {
+    try {
+      await api.addEdge(model.projectId, node.id, feedInto);
+      await loadPlan(open);
+    } catch (err) {
+      showMessage("error", describeError(err), {
+        title: `Uploaded ${file.filename}, but could not connect it to ${feedInto}:`,
+      });
+      return;
+    }
+  }
+  showMessage("success", `Uploaded ${file.filename}: processing started.`);
+}
+
+// --- start --------------------------------------------------------------------------
+
+window.addEventListener("hashchange", route);
+client.start();
+loadProjects();
+route();

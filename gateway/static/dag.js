@@ -1,0 +1,174 @@
+// Drawing the Plan DAG: node cards (HTML, absolutely placed) over edges (one SVG).
+// Cards are kept by node id and updated in place, so a badge change touches one card.
+
+import { layout, NODE_HEIGHT, NODE_WIDTH } from "./layout.js";
+import { badge, formatTime, h, plural } from "./ui.js";
+
+const SVG = "http://www.w3.org/2000/svg";
+
+export class DagView {
+  /**
+   * @param {HTMLElement} root the scrolling canvas
+   * @param {{onSelect: (nodeId: string) => void}} handlers
+   */
+  constructor(root, { onSelect }) {
+    this.root = root;
+    this.onSelect = onSelect;
+    this.cards = new Map();
+    this.paths = new Map();
+    this.selected = null;
+    this.stage = h("div", { class: "dag-stage" });
+    this.svg = document.createElementNS(SVG, "svg");
+    this.svg.classList.add("dag-edges");
+    this.svg.append(arrowHead());
+    this.stage.append(this.svg);
+    root.replaceChildren(this.stage);
+  }
+
+  /** Lay out and draw the whole plan (after a plan query). */
+  draw(model) {
+    const { positions, width, height } = layout(model.nodes, model.edges);
+    this.stage.style.width = `${width}px`;
+    this.stage.style.height = `${height}px`;
+    this.svg.setAttribute("width", width);
+    this.svg.setAttribute("height", height);
+
+    for (const [id, card] of this.cards) {
+      if (!model.byId.has(id)) {
+        card.remove();
+        this.cards.delete(id);
+      }
+    }
+    for (const node of model.nodes) {
+      let card = this.cards.get(node.id);
+      if (!card) {
+        card = this.#card(node.id);
+        this.cards.set(node.id, card);
+        this.stage.append(card);
+      }
+      const { x, y } = positions.get(node.id);
+      card.style.left = `${x}px`;
+      card.style.top = `${y}px`;
+      this.update(model, node.id);
+    }
+
+    for (const path of this.paths.values()) path.remove();
+    this.paths.clear();
+    for (const edge of model.edges) {
+      const from = positions.get(edge.source);
+      const to = positions.get(edge.target);
+      if (!from || !to) continue;
+      const path = document.createElementNS(SVG, "path");
+      path.setAttribute("d", curve(from, to));
+      path.setAttribute("marker-end", "url(#arrow)");
+      path.classList.add("edge");
+      path.dataset.source = edge.source;
+      path.dataset.target = edge.target;
+      path.dataset.state = model.stateOf(edge.target);
+      this.svg.append(path);
+      this.paths.set(edge.id, path);
+    }
+    this.select(this.selected && model.byId.has(this.selected) ? this.selected : null);
+  }
+
+  /** Redraw one node's card (after an event). */
+  update(model, nodeId) {
+    const card = this.cards.get(nodeId);
+    const view = model.view(nodeId);
+    if (!card || !view) return;
+    card.dataset.state = view.state;
+    card.dataset.type = view.type;
+    card.setAttribute("aria-label", `${view.typeName} ${view.label}: ${view.state.replace("_", " ")}`);
+    card.title = view.errorMessage ? `${view.label}\n${view.errorMessage}` : view.label;
+    card.querySelector(".node-type").textContent = view.typeName;
+    card.querySelector(".node-label").textContent = view.label;
+    card.querySelector(".node-id").textContent = view.id === view.label ? "" : view.id;
+    card.querySelector(".badge").replaceWith(badge(view.state));
+    const detail = card.querySelector(".node-detail");
+    detail.textContent = detailLine(view);
+    detail.classList.toggle("node-detail-error", Boolean(view.errorMessage));
+    for (const path of this.paths.values()) {
+      if (path.dataset.target === nodeId) path.dataset.state = view.state;
+    }
+  }
+
+  select(nodeId) {
+    this.selected = nodeId;
+    for (const [id, card] of this.cards) card.classList.toggle("selected", id === nodeId);
+  }
+
+  #card(nodeId) {
+    const card = h(
+      "div",
+      {
+        class: "node",
+        role: "button",
+        tabindex: "0",
+        dataset: { nodeId },
+        onclick: () => this.onSelect(nodeId),
+        onkeydown: (e) => {
+          if (e.key === "Enter" || e.key === " ") {
+            e.preventDefault();
+            this.onSelect(nodeId);
+          }
+        },
+      },
+      h("div", { class: "node-head" }, h("span", { class: "node-type" }), h("span", { class: "node-id" })),
+      h("div", { class: "node-label" }),
+      h("div", { class: "node-foot" }, badge("not_started"), h("span", { class: "node-detail" })),
+    );
+    card.style.width = `${NODE_WIDTH}px`;
+    card.style.height = `${NODE_HEIGHT}px`;
+    return card;
+  }
+}
+
+/** The one line under the badge: what a glance at the node should tell. */
+export function detailLine(view) {
+  if (view.errorMessage && (view.state === "error" || view.state === "not_started")) {
+    return view.errorMessage;
+  }
+  if (view.state === "pending") return "queued";
+  if (view.state === "processing") return view.source ? "parsing…" : "building…";
+  if (view.source) {
+    if (view.source.processedAt && view.state === "completed") {
+      return `processed ${formatTime(view.source.processedAt)}`;
+    }
+    return view.source.filename ?? "";
+  }
+  if (view.graph && view.state === "completed") {
+    return `${plural(view.graph.nodeCount ?? 0, "node")} · ${plural(view.graph.edgeCount ?? 0, "edge")}`;
+  }
+  return "";
+}
+
+function curve(from, to) {
+  const x1 = from.x + NODE_WIDTH;
+  const y1 = from.y + NODE_HEIGHT / 2;
+  const x2 = to.x - 6;
+  const y2 = to.y + NODE_HEIGHT / 2;
+  const bend = Math.max(40, Math.abs(x2 - x1) / 2);
+  return `M ${x1} ${y1} C ${x1 + bend} ${y1}, ${x2 - bend} ${y2}, ${x2} ${y2}`;
+}
+
+function arrowHead() {
+  const defs = document.createElementNS(SVG, "defs");
+  const marker = document.createElementNS(SVG, "marker");
+  for (const [k, v] of Object.entries({
+    id: "arrow",
+    viewBox: "0 0 10 10",
+    refX: "8",
+    refY: "5",
+    markerWidth: "7",
+    markerHeight: "7",
+    orient: "auto-start-reverse",
+  })) {
+    marker.setAttribute(k, v);
+  }
+  const tip = document.createElementNS(SVG, "path");
+  tip.setAttribute("d", "M 0 0 L 10 5 L 0 10 z");
+  tip.classList.add("arrow-tip");
+  marker.append(tip);
+  defs.append(marker);
+  return defs;
+}
