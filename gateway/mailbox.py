@@ -56,6 +56,7 @@ class Outbox:
         self._pending: dict[int, int] = {}  # subscription serial -> live frames waiting
         self._by_node: dict[tuple[int, str], deque[_Frame]] = {}
         self._dropped: set[int] = set()
+        self._dead = 0  # coalesced frames still in _frames (data None)
         self._wakeup = asyncio.Event()
         self._scheduled = False
         self._closed = False
@@ -103,10 +104,16 @@ class Outbox:
                         older.popleft().data = None
                         pending -= 1
                         coalesced += 1
+                        self._dead += 1
                     pending += 1
                     self._by_node.setdefault((serial, node_id), deque()).append(frame)
                 self._frames.append(frame)
             self._pending[serial] = pending
+            if self._dead > 256 and self._dead * 2 > len(self._frames):
+                # A writer stuck behind a stalled socket while coalescing goes on: drop the
+                # husks so memory stays bounded by the live frames.
+                self._frames = deque(f for f in self._frames if f.data is not None)
+                self._dead = 0
             if slow is None:
                 self._wake_locked()
         if coalesced:
@@ -137,6 +144,7 @@ class Outbox:
                 if self._frames:
                     frames = [f.data for f in self._frames if f.data is not None]
                     self._frames.clear()
+                    self._dead = 0
                     self._pending.clear()
                     self._by_node.clear()
                     self._scheduled = False
