@@ -20,6 +20,7 @@ from actors.bus import Bus
 from actors.events import node_events
 from actors.executors import WorkSink
 from actors.hub import Hub
+from actors.loadgen import LoadGenerator
 from actors.messages import PlanChanged
 from actors.plan import PlanRefused
 from actors.state import StateStore, status_from_row
@@ -40,6 +41,7 @@ class Services:
     bus: Bus
     hub: Hub
     work: WorkSink | None = None
+    loadgen: LoadGenerator | None = None
 
 
 @dataclass
@@ -384,6 +386,44 @@ def resolve_stop_plan(_root: Any, info: GraphQLResolveInfo, projectId: int) -> b
     return _work(ctx).stop_plan(projectId)
 
 
+LOADGEN_SDL = """
+extend type Mutation {
+  "Load testing (serve --enable-loadgen): projects 1..projects, each with a data source."
+  prepareLoad(projects: Int!): Boolean!
+  "Load testing: drive those data sources through real state changes; returns at once."
+  startLoad(projects: Int!, eventsPerSecond: Int!, seconds: Float!): Boolean!
+}
+"""
+
+
+def _loadgen(ctx: RequestContext) -> LoadGenerator:
+    if not ctx.admin:
+        raise GraphQLError(
+            "load generation needs an admin token (run.py token create --admin)",
+            extensions={"code": "FORBIDDEN"},
+        )
+    assert ctx.services.loadgen is not None  # the mutations exist only with it
+    return ctx.services.loadgen
+
+
+def resolve_prepare_load(_root: Any, info: GraphQLResolveInfo, projects: int) -> bool:
+    try:
+        _loadgen(_ctx(info)).prepare(projects)
+    except ValueError as error:
+        raise GraphQLError(str(error), extensions={"code": "BAD_USER_INPUT"}) from error
+    return True
+
+
+def resolve_start_load(
+    _root: Any, info: GraphQLResolveInfo, projects: int, eventsPerSecond: int, seconds: float
+) -> bool:
+    try:
+        _loadgen(_ctx(info)).start(projects, eventsPerSecond, seconds)
+    except ValueError as error:
+        raise GraphQLError(str(error), extensions={"code": "BAD_USER_INPUT"}) from error
+    return True
+
+
 RESOLVERS: dict[str, Callable[..., Any]] = {
     "Query.projects": resolve_projects,
     "Query.project": resolve_project,
@@ -403,28 +443,24 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "Mutation.executeNode": resolve_execute_node,
     "Mutation.executePlan": resolve_execute_plan,
     "Mutation.stopPlanExecution": resolve_stop_plan,
+    "Mutation.prepareLoad": resolve_prepare_load,
+    "Mutation.startLoad": resolve_start_load,
     # The subscription's documents are executed against one event at a time, as root.
     "Subscription.nodeExecutionStatusChanged": lambda root, _info, **_args: root,
 }
 
 
-def make_schema(resolvers: dict[str, Callable[..., Any]] | None = None) -> GraphQLSchema:
-    """The schema with resolvers attached; fields without one are refused at startup
-    rather than answering null at run time (no silent stub)."""
-    schema = build_schema(SCHEMA_SDL)
+def make_schema(
+    resolvers: dict[str, Callable[..., Any]] | None = None, *, loadgen: bool = False
+) -> GraphQLSchema:
+    """The schema with resolvers attached (the loadgen mutations only when asked for)."""
+    schema = build_schema(SCHEMA_SDL + (LOADGEN_SDL if loadgen else ""))
     table = {**RESOLVERS, **(resolvers or {})}
     for type_name in ("Query", "Mutation", "Subscription"):
         graphql_type = schema.get_type(type_name)
         for field_name, field_def in graphql_type.fields.items():  # type: ignore[union-attr]
             resolver = table.get(f"{type_name}.{field_name}")
-            if resolver is None:
-                resolver = _unavailable(f"{type_name}.{field_name}")
+            if resolver is None:  # no silent stub: a field without resolver is a bug
+                raise RuntimeError(f"{type_name}.{field_name} has no resolver")
             field_def.resolve = resolver
     return schema
-
-
-def _unavailable(name: str) -> Callable[..., Any]:
-    def resolve(*_args: Any, **_kwargs: Any) -> Any:
-        raise GraphQLError(f"{name} is not available on this server")
-
-    return resolve

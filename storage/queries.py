@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import (
@@ -480,3 +480,78 @@ def list_tokens(s: Session) -> Sequence[ApiToken]:
 
 def revoke_token(s: Session, token_id: int) -> bool:
     return bool(s.execute(delete(ApiToken).where(ApiToken.id == token_id)).rowcount)
+
+
+# --- group commit -------------------------------------------------------------------------
+
+
+def record_data_source_states(
+    s: Session, changes: Sequence[tuple[int, int, dict[str, Any]]], now: datetime
+) -> list[ExecutionEvent]:
+    """Persist many data-source state changes in the caller's transaction (group commit).
+
+    `changes` are (project id, data source id, payload) in order; each gets the next sequence
+    of its project (one UPDATE … RETURNING per project for the whole group), the event rows
+    are inserted with one executemany, and each data source row takes its last state.
+    """
+    by_project: dict[int, int] = {}
+    for project_id, _source, _payload in changes:
+        by_project[project_id] = by_project.get(project_id, 0) + 1
+    next_sequence_of: dict[int, int] = {}
+    for project_id, count in by_project.items():
+        last = s.scalar(
+            update(Project)
+            .where(Project.id == project_id)
+            .values(last_sequence=Project.last_sequence + count)
+            .returning(Project.last_sequence)
+        )
+        if last is None:
+            raise NotFound(f"project {project_id} does not exist")
+        next_sequence_of[project_id] = last - count + 1
+    rows = []
+    final_state: dict[int, dict[str, Any]] = {}
+    for project_id, source_id, payload in changes:
+        sequence = next_sequence_of[project_id]
+        next_sequence_of[project_id] = sequence + 1
+        rows.append(
+            ExecutionEvent(
+                project_id=project_id,
+                sequence=sequence,
+                entity="datasource",
+                entity_id=source_id,
+                node_id=None,
+                payload=payload,
+                created_at=now,
+            )
+        )
+        final_state[source_id] = payload
+    s.execute(
+        insert(ExecutionEvent),
+        [
+            {
+                "project_id": r.project_id,
+                "sequence": r.sequence,
+                "entity": r.entity,
+                "entity_id": r.entity_id,
+                "node_id": None,
+                "payload": r.payload,
+                "created_at": now,
+            }
+            for r in rows
+        ],
+    )
+    s.execute(
+        update(DataSource),
+        [
+            {
+                "id": source_id,
+                "status": payload["status"],
+                "execution_state": payload["executionState"],
+                "error_message": payload["errorMessage"],
+                "processed_at": now if payload["processedAt"] else None,
+                "updated_at": now,
+            }
+            for source_id, payload in final_state.items()
+        ],
+    )
+    return rows

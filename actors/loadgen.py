@@ -1,0 +1,238 @@
+"""Synthetic load through the real path (only with `serve --enable-loadgen`).
+
+`prepare(n)` makes projects 1..n, each with one data source and its DataSourceNode
+(`load_<project id>`). `start(n, rate, seconds)` drives those data sources through real
+state changes (processing, completed, processing, …) round-robin at `rate` changes per
+second in total: a driver thread decides what is due every tick and hands the batch to the
+LoadExecutor actor, which persists it with the event log in one transaction (group commit)
+and then publishes every StatusChanged on the bus like any executor. Nothing downstream —
+bus, project actors, gateway — knows it is a load test.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+from sqlalchemy import func, insert, select, text
+
+from actors.bus import Bus
+from actors.messages import StatusChanged
+from actors.state import PRUNE_EVERY, StateStore
+from storage import queries
+from storage.models import DataSource, PlanDagNode, Project, utcnow
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.01
+MAX_PROJECTS = 100_000
+MAX_RATE = 1_000_000
+
+
+def load_node_id(project_id: int) -> str:
+    return f"load_{project_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    project_ids: tuple[int, ...]
+
+
+class LoadExecutor(pykka.ThreadingActor):
+    """Persists and publishes batches of synthetic data-source state changes."""
+
+    def __init__(self, store: StateStore, bus: Bus, sources: dict[int, int]) -> None:
+        super().__init__()
+        self.store = store
+        self.bus = bus
+        self.sources = sources  # project id -> its load data source id
+        self.processing: dict[int, bool] = {}  # data source id -> next change is "completed"
+        self.published = 0
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Batch):
+            self._persist_and_publish(message.project_ids)
+        return None
+
+    def _persist_and_publish(self, project_ids: tuple[int, ...]) -> None:
+        now = utcnow()
+        stamp = queries.rfc3339(now) or ""
+        changes = []
+        for project_id in project_ids:
+            source_id = self.sources[project_id]
+            completing = self.processing.get(source_id, False)
+            self.processing[source_id] = not completing
+            changes.append(
+                (
+                    project_id,
+                    source_id,
+                    {
+                        "dataSourceId": source_id,
+                        "filename": "load.csv",
+                        "status": "active" if completing else "processing",
+                        "processedAt": stamp if completing else None,
+                        "executionState": "completed" if completing else "processing",
+                        "errorMessage": None,
+                    },
+                )
+            )
+        with self.store.db.write() as s:
+            rows = queries.record_data_source_states(s, changes, now)
+            for row in rows:
+                if row.sequence % PRUNE_EVERY == 0:
+                    queries.prune_events(s, row.project_id, self.store.retention)
+            messages = [
+                StatusChanged(
+                    row.project_id,
+                    row.sequence,
+                    "datasource",
+                    row.entity_id,
+                    None,
+                    row.payload,
+                    stamp,
+                )
+                for row in rows
+            ]
+        for message in messages:
+            self.bus.publish(message)
+        self.published += len(messages)
+
+
+class LoadGenerator:
+    def __init__(self, store: StateStore, bus: Bus) -> None:
+        self.store = store
+        self.bus = bus
+        self._lock = threading.Lock()
+        self._run: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._executor: pykka.ActorRef[LoadExecutor] | None = None
+
+    def prepare(self, projects: int) -> dict[int, int]:
+        """Projects 1..n with their load data source; returns project id → source id."""
+        _check_count("projects", projects, MAX_PROJECTS)
+        db = self.store.db
+        with db.write() as s:
+            existing = set(s.scalars(select(Project.id).where(Project.id <= projects)))
+            missing = [pid for pid in range(1, projects + 1) if pid not in existing]
+            if missing:
+                now = utcnow()
+                s.execute(
+                    insert(Project),
+                    [
+                        {
+                            "id": pid,
+                            "name": f"load {pid}",
+                            "last_sequence": 0,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for pid in missing
+                    ],
+                )
+                if not db.is_sqlite:  # explicit ids: move the id sequence past them
+                    s.execute(
+                        text(
+                            "SELECT setval(pg_get_serial_sequence('projects', 'id'), "
+                            "(SELECT max(id) FROM projects))"
+                        )
+                    )
+            nodes = {
+                node_id: config
+                for node_id, config in s.execute(
+                    select(PlanDagNode.id, PlanDagNode.config).where(
+                        PlanDagNode.project_id <= projects, PlanDagNode.id.like("load_%")
+                    )
+                )
+            }
+            sources: dict[int, int] = {}
+            for pid in range(1, projects + 1):
+                config = nodes.get(load_node_id(pid))
+                if config and isinstance(config.get("dataSourceId"), int):
+                    sources[pid] = config["dataSourceId"]
+            for pid in range(1, projects + 1):
+                if pid in sources:
+                    continue
+                source, _ = queries.create_data_source(
+                    s,
+                    pid,
+                    name="load",
+                    filename="load.csv",
+                    file_format="csv",
+                    data_type="nodes",
+                    content="id,label\nload,Load\n",
+                    add_node_for_it=False,
+                )
+                queries.add_node(
+                    s,
+                    pid,
+                    node_type="DataSourceNode",
+                    node_id=load_node_id(pid),
+                    config={"dataSourceId": source.id, "filename": "load.csv", "dataType": "nodes"},
+                )
+                sources[pid] = source.id
+            count = s.scalar(select(func.count()).select_from(DataSource)) or 0
+        log.info("loadgen: %d projects ready (%d data sources in all)", projects, count)
+        return sources
+
+    def start(self, projects: int, rate: int, seconds: float) -> None:
+        """Start driving the load; returns at once. A running load is replaced."""
+        _check_count("projects", projects, MAX_PROJECTS)
+        _check_count("eventsPerSecond", rate, MAX_RATE)
+        if not 0 < seconds <= 3600:
+            raise ValueError(f"seconds must be more than 0 and at most 3600, got {seconds}")
+        sources = self.prepare(projects)
+        self.stop()
+        with self._lock:
+            self._stop = threading.Event()
+            self._executor = LoadExecutor.start(self.store, self.bus, sources)
+            self._run = threading.Thread(
+                target=self._drive,
+                args=(self._executor, projects, rate, seconds, self._stop),
+                name="loadgen-driver",
+                daemon=True,
+            )
+            self._run.start()
+
+    @staticmethod
+    def _drive(
+        executor: pykka.ActorRef[LoadExecutor],
+        projects: int,
+        rate: int,
+        seconds: float,
+        stop: threading.Event,
+    ) -> None:
+        started = time.monotonic()
+        sent = 0
+        total = int(rate * seconds)
+        next_project = 0
+        while sent < total and not stop.is_set():
+            due = min(total, int(rate * (time.monotonic() - started))) - sent
+            if due > 0:
+                batch = tuple((next_project + i) % projects + 1 for i in range(due))
+                next_project = (next_project + due) % projects
+                executor.tell(Batch(batch))
+                sent += due
+            stop.wait(TICK_SECONDS)
+        log.info("loadgen: %d changes requested in %.1fs", sent, time.monotonic() - started)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop.set()
+            run, executor = self._run, self._executor
+            self._run = self._executor = None
+        if run is not None:
+            run.join(timeout=5)
+        if executor is not None:
+            try:
+                executor.stop(block=True, timeout=30)
+            except (pykka.Timeout, pykka.ActorDeadError):
+                pass
+
+
+def _check_count(name: str, value: int, limit: int) -> None:
+    if not 1 <= value <= limit:
+        raise ValueError(f"{name} must be between 1 and {limit}, got {value}")

@@ -1,0 +1,90 @@
+"""The compiled projection gives the same bytes as graphql-core's executor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from graphql import parse
+
+from gateway.operations import SubscriptionSelection
+from gateway.schema import make_schema
+
+SCHEMA = make_schema()
+
+DATASOURCE_EVENT = {
+    "projectId": 3,
+    "nodeId": "datasource_1",
+    "nodeType": "DataSourceNode",
+    "datasourceExecution": {
+        "dataSourceId": 1,
+        "filename": "a.csv",
+        "status": "active",
+        "processedAt": "2026-11-29T17:00:00.000Z",
+        "executionState": "completed",
+        "errorMessage": None,
+    },
+    "graphExecution": None,
+    "timestamp": "2026-11-29T17:00:00.001Z",
+    "sequence": 9,
+}
+GRAPH_EVENT = {
+    **DATASOURCE_EVENT,
+    "nodeId": "graph",
+    "nodeType": "MergeNode",
+    "datasourceExecution": None,
+    "graphExecution": {
+        "graphId": 2,
+        "nodeCount": 5,
+        "edgeCount": 4,
+        "executionState": "error",
+        "computedDate": None,
+        "errorMessage": "edge 'e1' points to missing node 'x'",
+    },
+}
+
+DOCUMENTS = [
+    # the frontend's verbatim document
+    """subscription NodeExecutionStatusChanged($projectId: Int!) {
+      nodeExecutionStatusChanged(projectId: $projectId) {
+        projectId nodeId nodeType
+        datasourceExecution { dataSourceId filename status processedAt executionState errorMessage }
+        graphExecution { graphId nodeCount edgeCount executionState computedDate errorMessage }
+        timestamp
+      } }""",
+    # aliases, __typename, repeated and merged fields
+    """subscription($projectId: Int!) { ev: nodeExecutionStatusChanged(projectId: $projectId) {
+        __typename id: nodeId nodeId sequence
+        datasourceExecution { state: executionState __typename }
+        datasourceExecution { status }
+        graphExecution { nodeCount } } }""",
+    # fragments, inline fragments, directives with variables
+    """subscription($projectId: Int!, $withGraph: Boolean!, $skipTs: Boolean = true) {
+        nodeExecutionStatusChanged(projectId: $projectId) {
+          ...Base
+          ... on NodeExecutionStatusEvent { sequence }
+          ... @include(if: $withGraph) { graphExecution { ...Graph } }
+          timestamp @skip(if: $skipTs)
+        } }
+      fragment Base on NodeExecutionStatusEvent { projectId nodeType }
+      fragment Graph on GraphExecutionMetadata { graphId errorMessage @include(if: $withGraph) }
+    """,
+]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+@pytest.mark.parametrize("event", [DATASOURCE_EVENT, GRAPH_EVENT])
+@pytest.mark.parametrize("with_graph", [True, False])
+def test_projection_matches_execute(document: str, event: dict[str, Any], with_graph: bool) -> None:
+    variables: dict[str, Any] = {"projectId": 3}
+    if "$withGraph" in document:
+        variables["withGraph"] = with_graph
+    selection = SubscriptionSelection(SCHEMA, document, parse(document), variables, None)
+    assert selection._projection is not None, "this document is compiled"
+    assert selection.render(event) == selection.execute(event)
+
+
+def test_documents_it_cannot_compile_fall_back_to_execute() -> None:
+    document = "subscription { nodeExecutionStatusChanged(projectId: 1) { nodeId } }"
+    selection = SubscriptionSelection(SCHEMA, document, parse(document), {"bad": 1}, None)
+    assert selection.render(DATASOURCE_EVENT) == selection.execute(DATASOURCE_EVENT)
