@@ -363,7 +363,7 @@ class PlanRun(pykka.ThreadingActor):
                 self._skip_downstream_of(message.node_id)
             self._finish_if_done()
         elif isinstance(message, StopRun):
-            self._stop()
+            self._stop_run()
             self._finish_if_done()
         return None
 
@@ -395,7 +395,9 @@ class PlanRun(pykka.ThreadingActor):
                     )
                     frontier.append(node_id)
 
-    def _stop(self) -> None:
+    def _stop_run(self) -> None:
+        # Not `_stop`: that name is pykka's own (it handles ActorStop), and overriding it
+        # kept every finished PlanRun's thread alive, which also blocked process exit.
         self.stopped = True
         for node_id in list(self.waiting):
             del self.waiting[node_id]
