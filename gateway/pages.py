@@ -62,7 +62,9 @@ class StaticFile:
 @cache
 def static_files() -> dict[str, StaticFile]:
     """Every servable file of gateway/static, by name (read once per process)."""
-    files = {}
+    files: dict[str, StaticFile] = {}
+    if not STATIC_DIR.is_dir():  # an install without the page's files: every name is a 404
+        return files
     for path in sorted(STATIC_DIR.iterdir()):
         content_type = CONTENT_TYPES.get(path.suffix)
         if not path.is_file() or content_type is None or not _SAFE_NAME.fullmatch(path.name):

@@ -25,7 +25,10 @@ const client = new Client({
 });
 const api = new Api(client);
 
-const dag = new DagView($("#canvas"), { onSelect: selectNode });
+const dag = new DagView($("#canvas"), { onSelect: selectNode, zoomLabel: $("#zoom-level") });
+$("#zoom-in").addEventListener("click", () => dag.zoomBy(1));
+$("#zoom-out").addEventListener("click", () => dag.zoomBy(-1));
+$("#zoom-fit").addEventListener("click", () => dag.zoomBy(0));
 const details = new DetailsPanel($("#details"), { onRunNode: runNode });
 const feed = new ActivityFeed($("#feed"));
 const upload = new UploadDialog($("#upload-dialog"), uploadDataSource);
@@ -44,6 +47,7 @@ let refused = false;
 function onConnectionStatus({ status, detail, retryInMs }) {
   const indicator = $("#connection");
   indicator.dataset.status = status;
+  document.body.dataset.connection = status;
   const words = {
     [Status.CONNECTING]: "Connecting…",
     [Status.LIVE]: "Live",
@@ -72,6 +76,7 @@ function onConnectionStatus({ status, detail, retryInMs }) {
       ? "The token was refused: enter a valid API token."
       : "This server needs an API token: enter one to connect.";
     showMessage("error", why, { title: "Not connected." });
+    $("#projects").replaceChildren(h("li", { class: "hint" }, "Connect with an API token to see the projects."));
     tokenDialog.open(why);
   }
 }
@@ -170,34 +175,50 @@ async function openProject(projectId) {
   current = open;
   $("#empty").hidden = true;
   $("#project").hidden = false;
+  $("#project").classList.remove("project-unavailable");
   $("#project-name").textContent = `Project ${projectId}`;
   $("#project-description").textContent = "Loading the plan…";
   feed.clear();
   details.clear();
   markActiveProject();
   // Without a connection the plan is loaded again once live; watch all the same.
-  if ((await loadPlan(open)) !== "missing" && current === open) watch(open);
+  if ((await loadPlan(open)) !== "refused" && current === open) watch(open);
 }
 
-/** Query the plan and draw it: "ok", "missing" (no such project) or "failed". */
+/** The project cannot be shown (missing, or not allowed): say so where the plan would be. */
+function showUnavailable(projectId, why) {
+  $("#project-name").textContent = `Project ${projectId}`;
+  $("#project-description").textContent = "not available";
+  $("#project").classList.add("project-unavailable");
+  $("#canvas").classList.add("canvas-empty");
+  $("#canvas").dataset.empty = why;
+}
+
+/**
+ * Query the plan and draw it: "ok"; "refused" when the server will not show this project
+ * (it does not exist, or the token may not see it); "failed" for a lost connection.
+ */
 async function loadPlan(open) {
   const load = ++open.loads;
+  const { projectId } = open.model;
   let result;
   try {
-    result = await api.plan(open.model.projectId);
+    result = await api.plan(projectId);
   } catch (err) {
-    if (current === open && !(err instanceof ConnectionError)) {
-      showMessage("error", describeError(err), { title: "Could not load the plan:" });
-    }
-    return "failed";
+    if (err instanceof ConnectionError || current !== open) return "failed";
+    showMessage("error", describeError(err), { title: "Could not load the plan:" });
+    showUnavailable(projectId, `Could not load this project: ${describeError(err)}`);
+    return "refused";
   }
   if (current !== open || load !== open.loads) return "failed"; // closed, or a newer load
   if (!result.project) {
-    showMessage("error", `Project ${open.model.projectId} does not exist (it may have been deleted).`);
-    location.hash = "#/";
-    return "missing";
+    const why = `Project ${projectId} does not exist (it may have been deleted).`;
+    showMessage("error", why);
+    showUnavailable(projectId, why);
+    return "refused";
   }
   open.model.setPlan(result);
+  $("#project").classList.remove("project-unavailable");
   renderPlan(open.model);
   return "ok";
 }
@@ -214,8 +235,10 @@ function renderPlan(model) {
     project?.description || `${model.nodes.length} nodes · ${model.edges.length} edges`;
   document.title = `${project?.name ?? "Project"} — planpulse`;
   $("#canvas").classList.toggle("canvas-empty", model.nodes.length === 0);
+  $("#canvas").dataset.empty = "This plan has no nodes yet. Upload a data source to start one.";
   dag.draw(model);
   details.refresh(model);
+  feed.relabel(model);
   renderSummary(model);
 }
 
@@ -225,7 +248,11 @@ function renderSummary(model) {
     ...STATES.map((state) =>
       h(
         "span",
-        { class: "chip", dataset: { state }, title: `${counts[state]} ${STATE_LABELS[state].toLowerCase()}` },
+        {
+          class: counts[state] ? "chip" : "chip chip-zero",
+          dataset: { state },
+          title: `${counts[state]} ${STATE_LABELS[state].toLowerCase()}`,
+        },
         h("span", { class: "chip-dot" }),
         STATE_LABELS[state],
         h("b", {}, counts[state]),
@@ -299,7 +326,7 @@ async function onWatchError(open, err) {
   if (RESUME_REFUSED.has(err.code)) {
     feed.note("The server cannot replay from where this page left off: reloading the current state.");
     open.model.forgetSequences();
-    if ((await loadPlan(open)) !== "missing" && current === open) watch(open);
+    if ((await loadPlan(open)) !== "refused" && current === open) watch(open);
     return;
   }
   showMessage("error", describeError(err), { title: "Live updates of this project stopped:" });

@@ -5,33 +5,73 @@ import { layout, NODE_HEIGHT, NODE_WIDTH } from "./layout.js";
 import { badge, formatTime, h, plural } from "./ui.js";
 
 const SVG = "http://www.w3.org/2000/svg";
+const ZOOMS = [0.5, 0.6, 0.75, 0.9, 1, 1.25, 1.5];
+const MIN_FIT = 0.7; // below this, text is too small to read: scroll instead
 
 export class DagView {
   /**
    * @param {HTMLElement} root the scrolling canvas
    * @param {{onSelect: (nodeId: string) => void}} handlers
    */
-  constructor(root, { onSelect }) {
+  constructor(root, { onSelect, zoomLabel }) {
     this.root = root;
     this.onSelect = onSelect;
+    this.zoomLabel = zoomLabel;
     this.cards = new Map();
     this.paths = new Map();
     this.selected = null;
+    this.size = { width: 0, height: 0 };
+    this.zoom = null; // null: fit the plan to the canvas
     this.stage = h("div", { class: "dag-stage" });
+    this.sizer = h("div", { class: "dag-sizer" }, this.stage);
     this.svg = document.createElementNS(SVG, "svg");
     this.svg.classList.add("dag-edges");
     this.svg.append(arrowHead());
     this.stage.append(this.svg);
-    root.replaceChildren(this.stage);
+    root.replaceChildren(this.sizer);
+    new ResizeObserver(() => this.zoom === null && this.#applyZoom()).observe(root);
+  }
+
+  /** Zoom in (+1), out (-1), or back to fitting the canvas (0). */
+  zoomBy(step) {
+    if (step === 0) {
+      this.zoom = null;
+    } else {
+      const scale = this.#scale();
+      const next = step > 0 ? ZOOMS.find((z) => z > scale + 0.001) : ZOOMS.findLast((z) => z < scale - 0.001);
+      this.zoom = next ?? scale;
+    }
+    this.#applyZoom();
+  }
+
+  #scale() {
+    if (this.zoom !== null) return this.zoom;
+    const { width, height } = this.size;
+    if (!width || !height) return 1;
+    const fit = Math.min((this.root.clientWidth - 4) / width, (this.root.clientHeight - 4) / height);
+    return Math.max(MIN_FIT, Math.min(1, fit));
+  }
+
+  #applyZoom() {
+    const scale = this.#scale();
+    this.stage.style.transform = scale === 1 ? "" : `scale(${scale})`;
+    this.sizer.style.width = `${Math.ceil(this.size.width * scale)}px`;
+    this.sizer.style.height = `${Math.ceil(this.size.height * scale)}px`;
+    if (this.zoomLabel) {
+      this.zoomLabel.textContent = `${Math.round(scale * 100)}%`;
+      this.zoomLabel.title = this.zoom === null ? "fitted to the canvas" : "";
+    }
   }
 
   /** Lay out and draw the whole plan (after a plan query). */
   draw(model) {
     const { positions, width, height } = layout(model.nodes, model.edges);
+    this.size = { width, height };
     this.stage.style.width = `${width}px`;
     this.stage.style.height = `${height}px`;
     this.svg.setAttribute("width", width);
     this.svg.setAttribute("height", height);
+    this.#applyZoom();
 
     for (const [id, card] of this.cards) {
       if (!model.byId.has(id)) {
@@ -79,11 +119,12 @@ export class DagView {
     card.dataset.state = view.state;
     card.dataset.type = view.type;
     card.setAttribute("aria-label", `${view.typeName} ${view.label}: ${view.state.replace("_", " ")}`);
-    card.title = view.errorMessage ? `${view.label}\n${view.errorMessage}` : view.label;
+    const name = view.id === view.label ? view.label : `${view.label} (${view.id})`;
+    card.title = view.errorMessage ? `${name}\n${view.errorMessage}` : name;
     card.querySelector(".node-type").textContent = view.typeName;
     card.querySelector(".node-label").textContent = view.label;
-    card.querySelector(".node-id").textContent = view.id === view.label ? "" : view.id;
-    card.querySelector(".badge").replaceWith(badge(view.state));
+    const current = card.querySelector(".badge");
+    if (current.dataset.state !== view.state) current.replaceWith(badge(view.state));
     const detail = card.querySelector(".node-detail");
     detail.textContent = detailLine(view);
     detail.classList.toggle("node-detail-error", Boolean(view.errorMessage));
@@ -113,9 +154,9 @@ export class DagView {
           }
         },
       },
-      h("div", { class: "node-head" }, h("span", { class: "node-type" }), h("span", { class: "node-id" })),
+      h("div", { class: "node-head" }, h("span", { class: "node-type" }), badge("not_started")),
       h("div", { class: "node-label" }),
-      h("div", { class: "node-foot" }, badge("not_started"), h("span", { class: "node-detail" })),
+      h("div", { class: "node-detail" }),
     );
     card.style.width = `${NODE_WIDTH}px`;
     card.style.height = `${NODE_HEIGHT}px`;

@@ -36,7 +36,7 @@ const CLOSE_REASONS = {
 export class GraphQLRequestError extends Error {
   constructor(errors) {
     const list = Array.isArray(errors) && errors.length ? errors : [{ message: "unknown error" }];
-    super(list.map((e) => e.message).join("; "));
+    super([...new Set(list.map((e) => e.message))].join("; "));
     this.name = "GraphQLRequestError";
     this.errors = list;
     this.code = list[0]?.extensions?.code ?? null;

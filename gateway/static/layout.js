@@ -2,10 +2,10 @@
 // a left-to-right layout by topological level (a node sits one column right of its
 // deepest input), rows ordered to keep edges short. Pure: ids and numbers in, numbers out.
 
-export const NODE_WIDTH = 216;
-export const NODE_HEIGHT = 92;
-const COLUMN_GAP = 72;
-const ROW_GAP = 26;
+export const NODE_WIDTH = 224;
+export const NODE_HEIGHT = 84;
+const COLUMN_GAP = 56;
+const ROW_GAP = 24;
 const MARGIN = 24;
 
 /** Column of every node; nodes on a cycle (refused by the server) go after the rest. */
@@ -30,7 +30,27 @@ export function levels(nodeIds, edges) {
   }
   const last = Math.max(-1, ...level.values());
   for (const id of nodeIds) if (!level.has(id)) level.set(id, last + 1);
-  return { level, inputs };
+  return { level, inputs, outputs };
+}
+
+/** One sweep: each column sorted by where its neighbours are, then packed top-down. */
+function placeRows(columns, neighbours, row) {
+  for (const column of columns) {
+    const wanted = new Map();
+    for (const id of column) {
+      const rows = neighbours.get(id).map((i) => row.get(i)).filter((r) => r !== undefined);
+      const mean = rows.length ? rows.reduce((a, b) => a + b, 0) / rows.length : undefined;
+      wanted.set(id, mean ?? row.get(id) ?? Infinity);
+    }
+    column.sort((a, b) => wanted.get(a) - wanted.get(b) || a.localeCompare(b, undefined, { numeric: true }));
+    let next = 0;
+    for (const id of column) {
+      const want = wanted.get(id);
+      const r = Number.isFinite(want) ? Math.max(next, Math.round(want)) : next;
+      row.set(id, r);
+      next = r + 1;
+    }
+  }
 }
 
 /**
@@ -54,33 +74,24 @@ export function layout(nodes, edges) {
     top = Math.max(...[...positions.values()].map((p) => p.y)) + NODE_HEIGHT + ROW_GAP * 2;
   }
 
-  // The others: columns by level, rows by the mean row of their inputs (one sweep).
-  const { level, inputs } = levels(
+  // The others: columns by level; rows ordered by the mean row of their neighbours,
+  // swept forward (inputs), backward (outputs) and forward again to keep edges short.
+  const { level, inputs, outputs } = levels(
     free.map((n) => n.id),
     edges,
   );
   const columns = [];
   for (const n of free) (columns[level.get(n.id)] ??= []).push(n.id);
+  const present = columns.filter(Boolean);
   const row = new Map();
-  for (const column of columns) {
-    if (!column) continue;
-    const wanted = (id) => {
-      const rows = inputs.get(id).map((i) => row.get(i)).filter((r) => r !== undefined);
-      return rows.length ? rows.reduce((a, b) => a + b, 0) / rows.length : Infinity;
-    };
-    column.sort((a, b) => wanted(a) - wanted(b) || a.localeCompare(b, undefined, { numeric: true }));
-    let next = 0;
-    for (const id of column) {
-      const want = wanted(id);
-      const r = Number.isFinite(want) ? Math.max(next, Math.round(want)) : next;
-      row.set(id, r);
-      next = r + 1;
-    }
-  }
+  placeRows(present, inputs, row);
+  placeRows([...present].reverse(), outputs, row);
+  placeRows(present, inputs, row);
+  const firstRow = Math.min(...row.values());
   for (const n of free) {
     positions.set(n.id, {
       x: MARGIN + level.get(n.id) * (NODE_WIDTH + COLUMN_GAP),
-      y: top + row.get(n.id) * (NODE_HEIGHT + ROW_GAP),
+      y: top + (row.get(n.id) - firstRow) * (NODE_HEIGHT + ROW_GAP),
     });
   }
 

@@ -52,7 +52,7 @@ export class DetailsPanel {
       : null;
 
     const busy = view.state === "pending" || view.state === "processing";
-    this.root.replaceChildren(
+    const parts = [
       h("div", { class: "details-head" }, h("span", { class: "details-type" }, view.typeName), badge(view.state)),
       h("h3", { class: "details-label" }, view.label),
       message,
@@ -69,7 +69,8 @@ export class DetailsPanel {
         },
         busy ? "Running…" : "▶ Run this node",
       ),
-    );
+    ];
+    this.root.replaceChildren(...parts.filter(Boolean));
   }
 
   refresh(model) {
@@ -106,6 +107,15 @@ export class ActivityFeed {
         h("span", { class: "feed-seq" }, `#${event.sequence}`),
       ),
     );
+  }
+
+  /** Name the nodes that were not in the plan yet when their first events came. */
+  relabel(model) {
+    for (const label of this.root.querySelectorAll(".feed-item .feed-label")) {
+      const nodeId = label.parentElement.dataset.nodeId;
+      const node = model.byId.get(nodeId);
+      if (node && label.textContent === nodeId) label.textContent = model.labelOf(node);
+    }
   }
 
   /** A line about the connection itself (resumed, re-synchronised). */

@@ -49,8 +49,8 @@ export function formatTime(iso) {
   const now = new Date();
   const sameDay = date.toDateString() === now.toDateString();
   return sameDay
-    ? date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" })
-    : date.toLocaleString([], { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" });
+    ? date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" })
+    : date.toLocaleString([], { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
 }
 
 export function plural(n, word) {
@@ -60,7 +60,7 @@ export function plural(n, word) {
 /** Words for any failure: GraphQL errors say what the server said. */
 export function describeError(err) {
   if (!err) return "unknown error";
-  if (err.errors) return err.errors.map((e) => e.message).join("\n");
+  if (err.errors) return [...new Set(err.errors.map((e) => e.message))].join("\n");
   return err.message || String(err);
 }
 
