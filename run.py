@@ -1,6 +1,7 @@
 """planpulse: the one entry point.
 
     python run.py [serve]   the service (WebSocket GraphQL + HTTP) on 127.0.0.1:8765
+    python run.py worker    executors only, fed by the work queue (PostgreSQL + Redis bus)
     python run.py --help    every command and flag
 
 Every flag of `serve` also reads an environment variable: --port reads PLANPULSE_PORT,
@@ -41,6 +42,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=env_default("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=env_default("PORT", 8765, int))
     add_database_url(parser)
+    add_bus_url(parser)
     parser.add_argument(
         "--init-timeout",
         type=float,
@@ -64,6 +66,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=env_flag("NO_EXECUTORS"),
         help="run a gateway only: executions are left to `run.py worker` processes",
+    )
+    parser.add_argument(
+        "--enable-loadgen",
+        action="store_true",
+        default=env_flag("ENABLE_LOADGEN"),
+        help="add the prepareLoad/startLoad mutations (admin only when auth is on)",
     )
     parser.add_argument(
         "--auth",
@@ -104,6 +112,65 @@ def add_database_url(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_bus_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bus-url",
+        default=env_default("BUS_URL", None),
+        help="redis://host:6379/0[?prefix=name] to share projects between gateway and "
+        "worker processes (default: in-process, one process)",
+    )
+
+
+def add_worker_command(commands: Any) -> None:
+    from actors.state import DEFAULT_RETENTION
+
+    worker = commands.add_parser(
+        "worker", help="run executors only, taking work from the queue (no gateway)"
+    )
+    add_database_url(worker)
+    add_bus_url(worker)
+    worker.add_argument(
+        "--workers",
+        type=int,
+        default=env_default("WORKERS", 2, int),
+        help="executor actors of each kind; up to 2×N requests are in hand at once",
+    )
+    worker.add_argument(
+        "--retention",
+        type=int,
+        default=env_default("RETENTION", DEFAULT_RETENTION, int),
+        help="events kept per project in the event log (as the gateways' --retention)",
+    )
+    worker.add_argument(
+        "--grace",
+        type=float,
+        default=env_default("GRACE", 30.0, float),
+        help="on SIGTERM, seconds to finish the requests in hand before giving them back",
+    )
+    add_log_level(worker)
+    worker.set_defaults(func=cmd_worker)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from actors.worker import WorkerConfig, hooks_from_env, run_worker
+
+    if not args.bus_url:
+        print("error: a worker needs --bus-url redis://… (or PLANPULSE_BUS_URL)", file=sys.stderr)
+        return 2
+    config = WorkerConfig(
+        database_url=args.database_url,
+        bus_url=args.bus_url,
+        workers=args.workers,
+        retention=args.retention,
+        grace=args.grace,
+    )
+    try:
+        return run_worker(config, **hooks_from_env())
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
 def app_config(args: argparse.Namespace) -> Any:
     from gateway.app import AppConfig
     from gateway.server import GatewayConfig
@@ -113,6 +180,8 @@ def app_config(args: argparse.Namespace) -> Any:
         executors=not args.no_executors,
         retention=args.retention,
         idle_seconds=args.idle_seconds,
+        enable_loadgen=args.enable_loadgen,
+        bus_url=args.bus_url,
         gateway=GatewayConfig(
             host=args.host,
             port=args.port,
@@ -141,6 +210,16 @@ async def serve_until_signalled(config: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     asyncio.run(serve_until_signalled(app_config(args)))
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    logging.getLogger().setLevel(logging.WARNING)  # the demo's own table is the output
+    try:
+        return asyncio.run(run_demo(app_config(args), keep_serving=not args.exit))
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -193,6 +272,23 @@ def add_token_command(commands: Any) -> None:
     token.set_defaults(func=cmd_token)
 
 
+def add_loadtest_command(commands: Any) -> None:
+    from bench.loadtest import add_arguments
+
+    loadtest = commands.add_parser(
+        "loadtest",
+        help="subscribers under a synthetic load: deliveries/s, latency, losses (bench/)",
+    )
+    add_arguments(loadtest)
+    loadtest.set_defaults(func=cmd_loadtest)
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from bench.loadtest import main as loadtest_main
+
+    return loadtest_main(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command")
@@ -200,6 +296,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve)
     add_token_command(commands)
+    demo = commands.add_parser(
+        "demo", help="load the sample service map into a new project, run it, watch it"
+    )
+    add_serve_arguments(demo)
+    demo.add_argument("--exit", action="store_true", help="stop after the run")
+    demo.set_defaults(func=cmd_demo)
+    add_worker_command(commands)
+    add_loadtest_command(commands)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):

@@ -10,11 +10,15 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from actors.bus import Bus, InProcessBus
-from actors.executors import Executors
+from actors.bus import Bus
+from actors.executors import Executors, WorkSink
 from actors.hub import Hub
+from actors.loadgen import LoadGenerator
+from actors.messages import Resync
 from actors.plan import NodeHook
+from actors.redis_bus import RedisBus, bus_from_url
 from actors.state import DEFAULT_RETENTION, StateStore
+from actors.work_queue import QueueWorker, WorkQueue
 from gateway.schema import Services, make_schema
 from gateway.server import Gateway, GatewayConfig
 from storage.db import DEFAULT_DATABASE_URL, Database
@@ -29,6 +33,10 @@ class AppConfig:
     executor_workers: int = 2
     retention: int = DEFAULT_RETENTION
     idle_seconds: float = 60.0
+    # None: the in-process bus (one process). redis://…: several gateways and workers;
+    # with PostgreSQL, work then goes through the durable queue (actors/work_queue.py).
+    bus_url: str | None = None
+    enable_loadgen: bool = False
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
 
@@ -40,14 +48,17 @@ class App:
         self.db = Database(config.database_url)
         self.db.create_schema()
         self.store = StateStore(self.db, retention=config.retention)
-        self.bus = bus or InProcessBus()
+        self.bus = bus or bus_from_url(config.bus_url)
         self.hub = Hub(
             self.db,
             idle_seconds=config.idle_seconds,
             on_first_subscriber=self.bus.watch,
             on_last_actor_gone=self.bus.unwatch,
         )
-        self.bus.attach(self.hub.route)
+        if isinstance(self.bus, RedisBus):
+            self.bus.attach(self.hub.route, resync=self._resync)
+        else:
+            self.bus.attach(self.hub.route)
         self.executors = (
             Executors(
                 self.store, self.bus, workers=config.executor_workers, before_node=before_node
@@ -55,14 +66,37 @@ class App:
             if config.executors
             else None
         )
+        # Several processes (a shared bus on PostgreSQL): work goes through the queue, and
+        # this process's executors, if any, consume it like a `run.py worker` does.
+        self.queue_worker: QueueWorker | None = None
+        work: WorkSink | None = self.executors
+        if isinstance(self.bus, RedisBus) and not self.db.is_sqlite:
+            work = WorkQueue(self.store, self.bus)
+            if self.executors is not None:
+                self.queue_worker = QueueWorker(
+                    config.database_url, self.executors, slots=2 * config.executor_workers
+                )
+        elif self.executors is None:
+            log.warning(
+                "no executors and no work queue: mutations that run work will be refused "
+                "(the queue needs --bus-url redis://… and a PostgreSQL --database-url)"
+            )
         self.services = Services(
-            db=self.db, store=self.store, bus=self.bus, hub=self.hub, work=self.executors
+            db=self.db, store=self.store, bus=self.bus, hub=self.hub, work=work
         )
-        self.gateway = Gateway(self.services, make_schema(), config.gateway)
+        if config.enable_loadgen:
+            self.services.loadgen = LoadGenerator(self.store, self.bus)
+        self.gateway = Gateway(
+            self.services, make_schema(loadgen=config.enable_loadgen), config.gateway
+        )
         self.hub.on_delivered = self.gateway.metrics.observe_delivery
 
     async def start(self) -> None:
-        if self.executors is not None:
+        if self.queue_worker is not None:
+            # No global recovery here: other processes' executions are running. What a
+            # dead worker left is settled by whoever claims its request again.
+            self.queue_worker.start()
+        elif self.executors is not None:
             recovered = self.executors.recover_interrupted()
             if recovered:
                 log.warning("%d executions interrupted by a restart were set to error", recovered)
@@ -77,11 +111,22 @@ class App:
 
     async def stop(self) -> None:
         await self.gateway.stop()
+        if self.services.loadgen is not None:
+            await asyncio.to_thread(self.services.loadgen.stop)
+        if self.queue_worker is not None:
+            await asyncio.to_thread(self.queue_worker.stop, 10.0)
         if self.executors is not None:
             await asyncio.to_thread(self.executors.stop)
         await asyncio.to_thread(self.hub.stop)
         self.bus.close()
         self.db.dispose()
+
+    def _resync(self, project_id: int | None) -> None:
+        """The Redis bus may have lost messages: catch up from the event log."""
+        if project_id is None:
+            self.hub.resync_all()
+        else:
+            self.hub.ask(project_id, Resync(), timeout=30.0)
 
     @property
     def port(self) -> int:

@@ -188,7 +188,7 @@ async def run_demo(config: AppConfig, keep_serving: bool) -> int:
         url = f"ws://{config.gateway.host}:{app.port}/graphql"
         pid = await load_and_run(url)
         page = f"http://{config.gateway.host}:{app.port}/"
-        print(f"\nwatch it live: {page}#project={pid}   (GraphQL: {url})")
+        print(f"\nwatch it live: {page}#/project/{pid}   (GraphQL: {url})")
         if keep_serving:
             print("serving until Ctrl-C")
             await asyncio.Event().wait()

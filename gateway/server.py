@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from gateway import pages
 from gateway import protocol as p
 from gateway.auth import Authenticator, auth_required, origin_allowed
 from gateway.mailbox import SLOW_CONSUMER_CODE, Outbox, SubscriptionMailbox
@@ -81,6 +82,7 @@ class Gateway:
         self.pool = ThreadPoolExecutor(self.config.worker_threads, thread_name_prefix="graphql")
         self.connections: set[Connection] = set()
         self.server: Server | None = None
+        pages.static_files()  # read the page's files now, not on the loop at first request
         self.authenticate = Authenticator(
             services.db, auth_required(self.config.host, self.config.auth)
         )
@@ -126,9 +128,14 @@ class Gateway:
 
     # --- HTTP ---------------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         path = request.path.split("?", 1)[0]
         if request.headers.get("Upgrade", "").lower() != "websocket":
+            if path == "/healthz":  # it pings the database: not on the event loop
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.pool, self.healthz)
             return self._http(connection, path)
         if path not in WEBSOCKET_PATHS:
             return _response(
@@ -159,8 +166,6 @@ class Gateway:
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         if path == "/" or path.startswith("/static/"):
-            from gateway import pages  # the live Plan DAG page (its files, read once)
-
             request = connection.request
             return pages.respond(path, request.headers if request is not None else None)
         return _response(HTTPStatus.NOT_FOUND, f"nothing at {path}\n")

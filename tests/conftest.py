@@ -125,12 +125,16 @@ def start_server(sqlite_url: str) -> Iterator[Callable[..., RunningServer]]:
     servers: list[RunningServer] = []
 
     def start(
-        database_url: str | None = None, gateway: GatewayConfig | None = None, **kwargs: Any
+        database_url: str | None = None,
+        gateway: GatewayConfig | None = None,
+        before_node: Any = None,
+        **kwargs: Any,
     ) -> RunningServer:
+        """`kwargs` are AppConfig fields; `before_node` is the executors' test hook."""
         gateway = gateway or GatewayConfig(port=0)
         gateway.port = 0 if gateway.port == 8765 else gateway.port
         config = AppConfig(database_url=database_url or sqlite_url, gateway=gateway, **kwargs)
-        server = RunningServer(config)
+        server = RunningServer(config, before_node=before_node)
         servers.append(server)
         return server
 

@@ -292,6 +292,7 @@ def test_healthz_and_metrics(server: Any) -> None:
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"{server.http}/nope")
     assert missing.value.code == 404
+    missing.value.close()
 
 
 def test_unknown_websocket_path_is_404(server: Any) -> None:

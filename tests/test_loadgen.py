@@ -1,0 +1,89 @@
+"""The loadgen mutations drive real state changes through the real delivery path."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.server import GatewayConfig
+from storage import queries
+from tests.helpers import subscriber_count, wait_until
+from tests.wsclient import RawClient
+
+LOAD_SUBSCRIPTION = """subscription($p: Int!) { nodeExecutionStatusChanged(projectId: $p) {
+  projectId nodeId sequence timestamp datasourceExecution { executionState } } }"""
+
+
+def test_loadgen_mutations_exist_only_with_the_flag(server: Any) -> None:
+    async def scenario() -> None:
+        client = await RawClient.open(server.url)
+        await client.init()
+        await client.subscribe("x", "mutation { prepareLoad(projects: 1) }")
+        error = await client.recv()
+        assert error["type"] == "error"
+        assert "prepareLoad" in error["payload"][0]["message"]
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_load_is_delivered_in_order_with_nothing_lost(start_server: Any) -> None:
+    server = start_server(enable_loadgen=True)
+    projects, rate, seconds = 4, 400, 1.0
+
+    async def scenario() -> dict[int, list[int]]:
+        admin = await RawClient.open(server.url)
+        await admin.init()
+        assert (await admin.execute(f"mutation {{ prepareLoad(projects: {projects}) }}"))[
+            "data"
+        ] == {"prepareLoad": True}
+        watchers = []
+        for pid in range(1, projects + 1):
+            client = await RawClient.open(server.url)
+            await client.init()
+            await client.subscribe("s", LOAD_SUBSCRIPTION, {"p": pid})
+            watchers.append(client)
+        for pid in range(1, projects + 1):
+            await asyncio.to_thread(wait_until, lambda p=pid: subscriber_count(server, p) == 1)
+        started = await admin.execute(
+            f"mutation {{ startLoad(projects: {projects}, eventsPerSecond: {rate}, "
+            f"seconds: {seconds}) }}"
+        )
+        assert started["data"] == {"startLoad": True}
+        per_project = int(rate * seconds) // projects
+        got: dict[int, list[int]] = {}
+        for pid, client in enumerate(watchers, start=1):
+            sequences = []
+            while len(sequences) < per_project:
+                event = (await client.recv())["payload"]["data"]["nodeExecutionStatusChanged"]
+                assert event["projectId"] == pid and event["nodeId"] == f"load_{pid}"
+                assert event["timestamp"].endswith("Z")
+                sequences.append(event["sequence"])
+            got[pid] = sequences
+            await client.close()
+        await admin.close()
+        return got
+
+    got = asyncio.run(asyncio.wait_for(scenario(), 60))
+    for pid, sequences in got.items():
+        assert sequences == list(range(1, len(sequences) + 1)), pid
+    with server.app.db.read() as s:
+        source = queries.list_data_sources(s, 1)[0]
+        assert source.execution_state in ("processing", "completed")
+
+
+def test_loadgen_needs_an_admin_token(start_server: Any) -> None:
+    server = start_server(enable_loadgen=True, gateway=GatewayConfig(port=0, auth=True))
+    with server.app.db.write() as s:
+        pid = queries.create_project(s, "p").id
+        scoped = queries.create_token(s, project_ids=[pid])[1]
+
+    async def scenario() -> None:
+        client = await RawClient.open(server.url)
+        await client.init({"authorization": f"Bearer {scoped}"})
+        result = await client.execute("mutation { prepareLoad(projects: 1) }")
+        assert result["data"] is None
+        assert "admin token" in result["errors"][0]["message"]
+        await client.close()
+
+    asyncio.run(scenario())
