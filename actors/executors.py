@@ -15,7 +15,7 @@ import pykka
 from actors import processing
 from actors.bus import Bus
 from actors.messages import StatusChanged
-from actors.plan import NodeHook, PlanRunner
+from actors.plan import NodeHook, PlanRunner, stop_actors
 from actors.state import StateStore
 from storage import queries
 
@@ -122,8 +122,4 @@ class Executors:
 
     def stop(self) -> None:
         self.plans.shutdown()
-        for ref in self._sources:
-            try:
-                ref.stop(block=True, timeout=10)
-            except (pykka.Timeout, pykka.ActorDeadError):
-                pass
+        stop_actors(self._sources)

@@ -484,8 +484,13 @@ class PlanRunner:
     def shutdown(self) -> None:
         with self._lock:
             runs = list(self._runs.values())
-        for ref in [*runs, *self._workers]:
-            try:
-                ref.stop(block=True, timeout=10)
-            except (pykka.Timeout, pykka.ActorDeadError):
-                pass
+        stop_actors([*runs, *self._workers])
+
+
+def stop_actors(refs: list[pykka.ActorRef[Any]], timeout: float = 10) -> None:
+    """Stop actors one by one, waiting for each; one already dead or stuck is skipped."""
+    for ref in refs:
+        try:
+            ref.stop(block=True, timeout=timeout)
+        except (pykka.Timeout, pykka.ActorDeadError):
+            pass

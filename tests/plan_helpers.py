@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from typing import Any
 
@@ -81,3 +82,18 @@ def assert_legal(states: dict[str, list[str]]) -> None:
                 raise AssertionError(f"{node_id}: illegal {previous} → {state} in {sequence}")
             previous = state
         assert sequence[-1] not in ("pending", "processing"), f"{node_id} left {sequence[-1]}"
+
+
+class Gate:
+    """Holds one node in its worker until released (the executors' `before_node` hook), so
+    that a stop or a dropped connection lands mid-run every time, not by luck."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, _project_id: int, node_id: str) -> None:
+        if node_id == self.node_id:
+            self.reached.set()
+            assert self.release.wait(30), "the test never released the gate"

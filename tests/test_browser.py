@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import http.client
 import re
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from gateway.server import GatewayConfig
 from storage import queries
 from storage.db import Database
 from tests.conftest import IN_CI, RunningServer
-from tests.plan_helpers import CALLS, SERVICES, add_source, assert_legal, states_by_node
+from tests.plan_helpers import CALLS, SERVICES, Gate, add_source, assert_legal, states_by_node
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -72,20 +71,6 @@ def browser() -> Iterator[Any]:
             yield chromium
         finally:
             chromium.close()
-
-
-class Gate:
-    """Holds one node in its worker until released (the `before_node` hook)."""
-
-    def __init__(self, node_id: str) -> None:
-        self.node_id = node_id
-        self.reached = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, _project_id: int, node_id: str) -> None:
-        if node_id == self.node_id:
-            self.reached.set()
-            assert self.release.wait(30), "the test never released the gate"
 
 
 @pytest.fixture

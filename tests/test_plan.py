@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,25 +16,12 @@ from tests.helpers import wait_until
 from tests.plan_helpers import (
     CALLS,
     SERVICES,
+    Gate,
     add_node,
     add_source,
     assert_legal,
     states_by_node,
 )
-
-
-class Gate:
-    """Holds one node in its worker until released: a stop lands mid-run, every time."""
-
-    def __init__(self, node_id: str) -> None:
-        self.node_id = node_id
-        self.reached = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, _project_id: int, node_id: str) -> None:
-        if node_id == self.node_id:
-            self.reached.set()
-            assert self.release.wait(30), "the test never released the gate"
 
 
 @pytest.fixture
