@@ -207,7 +207,16 @@ async def serve_until_signalled(config: Any) -> None:
     log.info("stopped")
 
 
+# The event loop thread does many short steps between socket syscalls, each of which
+# releases the GIL; with CPython's default 5 ms switch interval, every re-acquisition can
+# wait behind a busy actor thread for up to 5 ms (a convoy). Measured with
+# `run.py loadtest --connections 1000 --projects 100 --rate 1000 --seconds 8`:
+# p99 12.2 s at 5 ms, 387 ms at 0.5 ms, 259 ms at 0.1 ms (one run each; bench/README.md).
+DEFAULT_SWITCH_INTERVAL = 0.0001
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    sys.setswitchinterval(env_default("SWITCH_INTERVAL", DEFAULT_SWITCH_INTERVAL, float))
     asyncio.run(serve_until_signalled(app_config(args)))
     return 0
 

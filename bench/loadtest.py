@@ -547,7 +547,7 @@ class Clients:
         if len(self.history) < 2:
             return 0.0
         (t_old, n_old), (t_new, n_new) = self.history[0], self.history[-1]
-        return (n_new - n_old) / (t_new - t_old) if t_new > t_old else 0.0
+        return (n_new - n_old) / (t_new - t_old) if t_new - t_old >= 1.0 else 0.0
 
     def gaps(self) -> int:
         return sum(p.live.get("gaps", 0) for p in self.procs)
@@ -886,7 +886,8 @@ class LoadTest:
             total.merge(hist)
         p99 = total.percentile(0.99)
         parts = [
-            f"{label}{bar(elapsed / seconds)} {min(elapsed, seconds):5.1f}/{seconds:g}s",
+            f"{label}{bar(elapsed / seconds)} {min(elapsed, seconds):5.1f}/{seconds:g}s"
+            + (" draining" if elapsed > seconds else ""),
             f"{rate:,} ev/s → {rate_now:,.0f} deliv/s (offered {offered:,.0f})",
             f"p99 {p99:.1f} ms" if p99 is not None else "p99 –",
             f"lost {clients.gaps():,}",
@@ -1233,6 +1234,12 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("error: --plot needs matplotlib (pip install -e '.[dev]')", file=sys.stderr)
+            return 2
     _raise_nofile()
     test = LoadTest(args)
     try:

@@ -83,7 +83,7 @@ def plot_report(reports: dict[str, Any] | Sequence[dict[str, Any]], path: str) -
         rate.set_ylabel("deliveries per second")
         rate.grid(True, alpha=0.3)
         rate.plot([], [], "--", color="tab:orange", label="offered")
-        rate.legend(loc="upper left", fontsize=8)
+        rate.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
