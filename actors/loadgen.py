@@ -81,22 +81,14 @@ class LoadExecutor(pykka.ThreadingActor):
                 )
             )
         with self.store.db.write() as s:
-            rows = queries.record_data_source_states(s, changes, now)
-            for row in rows:
-                if row.sequence % PRUNE_EVERY == 0:
-                    queries.prune_events(s, row.project_id, self.store.retention)
-            messages = [
-                StatusChanged(
-                    row.project_id,
-                    row.sequence,
-                    "datasource",
-                    row.entity_id,
-                    None,
-                    row.payload,
-                    stamp,
-                )
-                for row in rows
-            ]
+            recorded = queries.record_data_source_states(s, changes, now)
+            for project_id, sequence, _source, _payload in recorded:
+                if sequence % PRUNE_EVERY == 0:
+                    queries.prune_events(s, project_id, self.store.retention)
+        messages = [
+            StatusChanged(project_id, sequence, "datasource", source_id, None, payload, stamp)
+            for project_id, sequence, source_id, payload in recorded
+        ]
         for message in messages:
             self.bus.publish(message)
         self.published += len(messages)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import (
@@ -487,71 +487,74 @@ def revoke_token(s: Session, token_id: int) -> bool:
 
 def record_data_source_states(
     s: Session, changes: Sequence[tuple[int, int, dict[str, Any]]], now: datetime
-) -> list[ExecutionEvent]:
+) -> list[tuple[int, int, int, dict[str, Any]]]:
     """Persist many data-source state changes in the caller's transaction (group commit).
 
-    `changes` are (project id, data source id, payload) in order; each gets the next sequence
-    of its project (one UPDATE … RETURNING per project for the whole group), the event rows
-    are inserted with one executemany, and each data source row takes its last state.
+    `changes` are (project id, data source id, payload) in order; each gets the next
+    sequence of its project. Returns (project id, sequence, data source id, payload).
+    Core statements with executemany, not ORM objects: this is the load path, and the
+    ORM's per-row bookkeeping was most of its cost. The projects' counter rows are locked
+    (FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already holds the write lock).
     """
-    by_project: dict[int, int] = {}
+    projects, events, sources = Project.__table__, ExecutionEvent.__table__, DataSource.__table__
+    conn = s.connection()
+    counts: dict[int, int] = {}
     for project_id, _source, _payload in changes:
-        by_project[project_id] = by_project.get(project_id, 0) + 1
-    next_sequence_of: dict[int, int] = {}
-    for project_id, count in by_project.items():
-        last = s.scalar(
-            update(Project)
-            .where(Project.id == project_id)
-            .values(last_sequence=Project.last_sequence + count)
-            .returning(Project.last_sequence)
-        )
-        if last is None:
-            raise NotFound(f"project {project_id} does not exist")
-        next_sequence_of[project_id] = last - count + 1
+        counts[project_id] = counts.get(project_id, 0) + 1
+    current = dict(
+        conn.execute(
+            select(projects.c.id, projects.c.last_sequence)
+            .where(projects.c.id.in_(list(counts)))
+            .with_for_update()
+        ).all()
+    )
+    missing = set(counts) - set(current)
+    if missing:
+        raise NotFound(f"project {min(missing)} does not exist")
+    conn.execute(
+        projects.update()
+        .where(projects.c.id == bindparam("b_id"))
+        .values(last_sequence=bindparam("b_last")),
+        [{"b_id": pid, "b_last": current[pid] + count} for pid, count in counts.items()],
+    )
+    recorded = []
     rows = []
     final_state: dict[int, dict[str, Any]] = {}
     for project_id, source_id, payload in changes:
-        sequence = next_sequence_of[project_id]
-        next_sequence_of[project_id] = sequence + 1
+        sequence = current[project_id] = current[project_id] + 1
+        recorded.append((project_id, sequence, source_id, payload))
         rows.append(
-            ExecutionEvent(
-                project_id=project_id,
-                sequence=sequence,
-                entity="datasource",
-                entity_id=source_id,
-                node_id=None,
-                payload=payload,
-                created_at=now,
-            )
-        )
-        final_state[source_id] = payload
-    s.execute(
-        insert(ExecutionEvent),
-        [
             {
-                "project_id": r.project_id,
-                "sequence": r.sequence,
-                "entity": r.entity,
-                "entity_id": r.entity_id,
+                "project_id": project_id,
+                "sequence": sequence,
+                "entity": "datasource",
+                "entity_id": source_id,
                 "node_id": None,
-                "payload": r.payload,
+                "payload": payload,
                 "created_at": now,
             }
-            for r in rows
-        ],
-    )
-    s.execute(
-        update(DataSource),
+        )
+        final_state[source_id] = payload
+    conn.execute(events.insert(), rows)
+    conn.execute(
+        sources.update()
+        .where(sources.c.id == bindparam("b_id"))
+        .values(
+            status=bindparam("b_status"),
+            execution_state=bindparam("b_state"),
+            error_message=bindparam("b_error"),
+            processed_at=bindparam("b_processed"),
+            updated_at=now,
+        ),
         [
             {
-                "id": source_id,
-                "status": payload["status"],
-                "execution_state": payload["executionState"],
-                "error_message": payload["errorMessage"],
-                "processed_at": now if payload["processedAt"] else None,
-                "updated_at": now,
+                "b_id": source_id,
+                "b_status": payload["status"],
+                "b_state": payload["executionState"],
+                "b_error": payload["errorMessage"],
+                "b_processed": now if payload["processedAt"] else None,
             }
             for source_id, payload in final_state.items()
         ],
     )
-    return rows
+    return recorded
