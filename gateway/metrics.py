@@ -10,7 +10,14 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -22,6 +29,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         r.register(_CallbackCounter("planpulse_events_published", _PUBLISHED, changes_published))
+        ProcessCollector(registry=r)  # RSS, CPU, open fds of this process (process_*)
         self.connections = Gauge("planpulse_connections", "Open WebSocket connections", registry=r)
         self.subscriptions = Gauge("planpulse_subscriptions", "Active subscriptions", registry=r)
         self.actors = Gauge("planpulse_project_actors", "Running project actors", registry=r)

@@ -287,6 +287,7 @@ def test_healthz_and_metrics(server: Any) -> None:
         "planpulse_frames_coalesced_total",
         "planpulse_slow_consumers_closed_total",
         "planpulse_delivery_latency_seconds_bucket",
+        "process_resident_memory_bytes",
     ):
         assert name in text, name
     with pytest.raises(urllib.error.HTTPError) as missing:
