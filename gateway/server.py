@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -247,10 +248,18 @@ class Connection:
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await asyncio.wait_for(writer, timeout=5)
 
+    def _off_loop(self, call: Callable[..., Any], *args: Any) -> None:
+        """Run a hub call on a worker thread: the hub's lock (held while it retires idle
+        actors) and an actor's start (a thread and a database read) never block the loop."""
+        try:
+            self.loop.run_in_executor(self.gateway.pool, call, *args)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            call(*args)
+
     def _end_everything(self) -> None:
         hub = self.gateway.services.hub
         for project_id, mailbox in self.subscriptions.values():
-            hub.unsubscribe(project_id, mailbox.key)
+            self._off_loop(hub.unsubscribe, project_id, mailbox.key)
             self.outbox.drop(mailbox.serial)
         self.gateway.metrics.subscriptions.dec(len(self.subscriptions))
         self.subscriptions.clear()
@@ -356,14 +365,23 @@ class Connection:
         )
         self.subscriptions[op.id] = (request.project_id, mailbox)
         self.gateway.metrics.subscriptions.inc()
-        # Told synchronously, before the next message of this socket is read: anything the
-        # client does after subscribing is ordered after the subscription in the actor.
-        self.gateway.services.hub.subscribe(
-            request.project_id,
-            mailbox,
-            after_sequence=request.after_sequence,
-            snapshot=request.snapshot,
+        # Awaited before the next message of this socket is read: anything the client does
+        # after subscribing is ordered after the subscription in the actor. On a worker
+        # thread, because starting a project's actor reads the database.
+        await self.loop.run_in_executor(
+            self.gateway.pool,
+            functools.partial(
+                self.gateway.services.hub.subscribe,
+                request.project_id,
+                mailbox,
+                after_sequence=request.after_sequence,
+                snapshot=request.snapshot,
+            ),
         )
+        current = self.subscriptions.get(op.id)
+        if self.closing or current is None or current[1] is not mailbox:
+            # Ended (connection closed) while the hub was subscribing it: undo.
+            self._off_loop(self.gateway.services.hub.unsubscribe, request.project_id, mailbox.key)
 
     def _subscription_failed(
         self, op_id: str, mailbox: SubscriptionMailbox, errors: list[dict[str, Any]]
@@ -380,7 +398,7 @@ class Connection:
         if entry is not None:
             project_id, mailbox = entry
             self.outbox.drop(mailbox.serial)
-            self.gateway.services.hub.unsubscribe(project_id, mailbox.key)
+            self._off_loop(self.gateway.services.hub.unsubscribe, project_id, mailbox.key)
             self.gateway.metrics.subscriptions.dec()
         task = self.tasks.pop(op_id, None)
         if task is not None:
