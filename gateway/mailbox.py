@@ -40,6 +40,37 @@ class _Frame:
         self.live = live
 
 
+class Waker:
+    """Wakes the writers of many outboxes with one `call_soon_threadsafe` per burst.
+
+    A project actor delivering one event to the subscribers of ten connections would
+    otherwise schedule ten loop callbacks (each a self-pipe write); here the first one
+    schedules a single callback and the others join it while it is pending.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._events: list[asyncio.Event] = []
+        self._scheduled = False
+
+    def wake(self, event: asyncio.Event) -> None:
+        """Set `event` on the loop soon (from any thread)."""
+        with self._lock:
+            self._events.append(event)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            events, self._events = self._events, []
+            self._scheduled = False
+        for event in events:
+            event.set()
+
+
 class Outbox:
     """Frames waiting to be written to one connection, in the order they were produced."""
 
@@ -49,8 +80,10 @@ class Outbox:
         *,
         on_slow_consumer: Callable[[str], None],
         on_coalesced: Callable[[int], None] = lambda n: None,
+        waker: Waker | None = None,
     ) -> None:
         self._loop = loop
+        self._waker = waker or Waker(loop)
         self._lock = threading.Lock()
         self._frames: deque[_Frame] = deque()
         self._pending: dict[int, int] = {}  # subscription serial -> live frames waiting
@@ -133,7 +166,7 @@ class Outbox:
     def _wake_locked(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon_threadsafe(self._wakeup.set)
+            self._waker.wake(self._wakeup)
 
     # --- the consumer (the connection's writer task) ----------------------------------
 

@@ -30,7 +30,7 @@ from websockets.typing import Subprotocol
 from gateway import pages
 from gateway import protocol as p
 from gateway.auth import Authenticator, auth_required, origin_allowed
-from gateway.mailbox import SLOW_CONSUMER_CODE, Outbox, SubscriptionMailbox
+from gateway.mailbox import SLOW_CONSUMER_CODE, Outbox, SubscriptionMailbox, Waker
 from gateway.metrics import GatewayMetrics
 from gateway.operations import (
     DocumentCache,
@@ -83,10 +83,17 @@ class Gateway:
         self.pool = ThreadPoolExecutor(self.config.worker_threads, thread_name_prefix="graphql")
         self.connections: set[Connection] = set()
         self.server: Server | None = None
+        self._waker: Waker | None = None
         pages.static_files()  # read the page's files now, not on the loop at first request
         self.authenticate = Authenticator(
             services.db, auth_required(self.config.host, self.config.auth)
         )
+
+    def waker(self, loop: asyncio.AbstractEventLoop) -> Waker:
+        """The one Waker of this server's loop, shared by every connection's outbox."""
+        if self._waker is None:
+            self._waker = Waker(loop)
+        return self._waker
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -227,6 +234,7 @@ class Connection:
             self.loop,
             on_slow_consumer=self._on_slow_consumer,
             on_coalesced=gateway.metrics.frames_coalesced.inc,
+            waker=gateway.waker(self.loop),
         )
         self.context = RequestContext(gateway.services)
         self.subscriptions: dict[str, tuple[int, SubscriptionMailbox]] = {}
