@@ -15,7 +15,7 @@ import pykka
 from actors import processing
 from actors.bus import Bus
 from actors.messages import StatusChanged
-from actors.plan import NodeHook, PlanRunner, stop_actors
+from actors.plan import NodeHook, PlanRunner, parse_stored_source, stop_actors
 from actors.state import StateStore
 from storage import queries
 
@@ -53,14 +53,7 @@ class DataSourceExecutor(pykka.ThreadingActor):
             log.info("data source %s was deleted before processing", data_source_id)
             return "missing"
         try:
-            with self.store.db.read() as s:
-                source = queries.require_data_source(s, data_source_id)
-                content, file_format, data_type = (
-                    source.content,
-                    source.file_format,
-                    source.data_type,
-                )
-            graph = processing.parse_data_source(content, file_format, data_type)
+            graph = parse_stored_source(self.store, data_source_id)
         except processing.ProcessingError as error:
             self._publish(self.store.data_source_failed(data_source_id, str(error)))
             return "error"

@@ -28,7 +28,7 @@ from actors import processing
 from actors.bus import Bus
 from actors.dag import CycleError, inputs_of, topological_order, upstream_closure
 from actors.processing import GraphData, ProcessingError
-from actors.state import StateStore, Superseded
+from actors.state import StateStore, Superseded, set_source_state
 from storage import queries
 from storage.models import DataSource, Graph, utcnow
 
@@ -157,16 +157,9 @@ def _source_change(
     graph: GraphData | None,
 ) -> None:
     _check(row.execution_state, expect)
-    row.execution_state = state
-    row.error_message = error
-    if state == "processing":
-        row.status = "processing"
-    elif state == "completed":
-        row.status = "active"
-        row.processed_at = utcnow()
-        row.graph_json = graph.to_json() if graph is not None else row.graph_json
-    elif state == "error":
-        row.status = "error"
+    set_source_state(
+        row, state, error=error, graph_json=graph.to_json() if graph is not None else None
+    )
 
 
 def _graph_change(
@@ -212,6 +205,14 @@ def build_graph(node: PlanNode, inputs: list[GraphData]) -> GraphData:
         return processing.apply_transforms(inputs[0], node.config)
     # CopyNode and OutputNode do no work: they pass their input through.
     return processing.merge_graphs(inputs) if inputs else GraphData()
+
+
+def parse_stored_source(store: StateStore, data_source_id: int) -> GraphData:
+    """Read a data source's file and parse it (the read is short; parsing happens after)."""
+    with store.db.read() as s:
+        source = queries.require_data_source(s, data_source_id)
+        content, file_format, data_type = source.content, source.file_format, source.data_type
+    return processing.parse_data_source(content, file_format, data_type)
 
 
 def read_inputs(
@@ -298,10 +299,7 @@ class NodeWorker(pykka.ThreadingActor):
 
     def _work(self, plan: RunPlan, node: PlanNode) -> tuple[GraphData, str | None]:
         if node.node_type == "DataSourceNode":
-            with self.store.db.read() as s:
-                source = queries.require_data_source(s, node.data_source_id)  # type: ignore[arg-type]
-                content, fmt, dtype = source.content, source.file_format, source.data_type
-            return processing.parse_data_source(content, fmt, dtype), None
+            return parse_stored_source(self.store, node.data_source_id), None  # type: ignore[arg-type]
         inputs = read_inputs(self.store, plan.project_id, node, plan)
         salt = node.node_type + orjson.dumps(node.config, option=orjson.OPT_SORT_KEYS).decode()
         digest = processing.source_hash(inputs, salt)

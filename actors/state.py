@@ -39,6 +39,28 @@ def status_from_row(row: ExecutionEvent) -> StatusChanged:
     )
 
 
+def set_source_state(
+    row: DataSource,
+    state: str,
+    *,
+    error: str | None = None,
+    graph_json: dict[str, Any] | None = None,
+) -> None:
+    """A data source's execution state and what goes with it (status, processedAt, graph):
+    the one place these rules live, for the upload path and plan runs alike."""
+    row.execution_state = state
+    row.error_message = error
+    if state == "processing":
+        row.status = "processing"
+    elif state == "completed":
+        row.status = "active"
+        row.processed_at = utcnow()
+        if graph_json is not None:
+            row.graph_json = graph_json
+    elif state == "error":
+        row.status = "error"
+
+
 class Superseded(Exception):
     """Raised by a change function: the row moved on (a stop reset it), write nothing."""
 
@@ -77,46 +99,20 @@ class StateStore:
             return status_from_row(row)
 
     def data_source_processing(self, data_source_id: int) -> StatusChanged:
-        def change(source: DataSource) -> None:
-            source.status = "processing"
-            source.execution_state = "processing"
-            source.error_message = None
-
-        return self.data_source(data_source_id, change)
+        return self.data_source(data_source_id, lambda r: set_source_state(r, "processing"))
 
     def data_source_pending(self, data_source_id: int) -> StatusChanged:
-        def change(source: DataSource) -> None:
-            source.execution_state = "pending"
-            source.error_message = None
-
-        return self.data_source(data_source_id, change)
+        return self.data_source(data_source_id, lambda r: set_source_state(r, "pending"))
 
     def data_source_completed(
         self, data_source_id: int, graph_json: dict[str, Any]
     ) -> StatusChanged:
-        def change(source: DataSource) -> None:
-            source.graph_json = graph_json
-            source.status = "active"
-            source.execution_state = "completed"
-            source.error_message = None
-            source.processed_at = utcnow()
-
-        return self.data_source(data_source_id, change)
+        return self.data_source(
+            data_source_id, lambda r: set_source_state(r, "completed", graph_json=graph_json)
+        )
 
     def data_source_failed(self, data_source_id: int, error: str) -> StatusChanged:
-        def change(source: DataSource) -> None:
-            source.status = "error"
-            source.execution_state = "error"
-            source.error_message = error
-
-        return self.data_source(data_source_id, change)
-
-    def data_source_reset(self, data_source_id: int, reason: str) -> StatusChanged:
-        def change(source: DataSource) -> None:
-            source.execution_state = "not_started"
-            source.error_message = reason
-
-        return self.data_source(data_source_id, change)
+        return self.data_source(data_source_id, lambda r: set_source_state(r, "error", error=error))
 
     # --- graphs -------------------------------------------------------------------------
 

@@ -64,7 +64,6 @@ class GatewayConfig:
     # None: on unless listening on loopback only.
     auth: bool | None = None
     worker_threads: int = 8
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Gateway:

@@ -8,7 +8,6 @@ waiting). PostgreSQL needs nothing special: row locks serialise what must be ser
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,7 +98,3 @@ class Database:
     def describe(self) -> str:
         """The URL without its password, for logs and /healthz."""
         return self.url.render_as_string(hide_password=True)
-
-
-def database_url_from_env() -> str:
-    return os.environ.get("PLANPULSE_DATABASE_URL", DEFAULT_DATABASE_URL)

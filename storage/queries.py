@@ -304,10 +304,6 @@ def create_data_source(
     return source, node
 
 
-def get_data_source(s: Session, data_source_id: int) -> DataSource | None:
-    return s.get(DataSource, data_source_id)
-
-
 def require_data_source(s: Session, data_source_id: int) -> DataSource:
     source = s.get(DataSource, data_source_id)
     if source is None:
