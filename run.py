@@ -192,11 +192,27 @@ def app_config(args: argparse.Namespace) -> Any:
     )
 
 
+async def start_or_explain(factory: Callable[..., Any], config: Any) -> Any:
+    """Build and start the app; a bad flag or an unreachable server ends the process with
+    one sentence (what is wrong, from the library's own message), not a traceback."""
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
+    app = None
+    try:
+        app = factory(config)
+        await app.start()
+    except (ValueError, ArgumentError, OperationalError, OSError) as error:
+        if app is not None:
+            await app.stop()  # its executor threads would keep the process alive
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise SystemExit(f"error: planpulse cannot start: {first_line}") from None
+    return app
+
+
 async def serve_until_signalled(config: Any) -> None:
     from gateway.app import App
 
-    app = App(config)
-    await app.start()
+    app = await start_or_explain(App, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -60,3 +60,23 @@ def test_serve_logs_its_address_and_closes_sockets_with_1001_on_sigterm(tmp_path
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_bad_configuration_is_one_sentence_not_a_traceback(tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'p.db'}"
+    cases = [
+        (["--bus-url", "foo://x", "--database-url", database], "unknown bus URL 'foo://x'"),
+        (["--database-url", "nonsense"], "Could not parse SQLAlchemy URL"),
+    ]
+    for flags, expected in cases:
+        result = subprocess.run(
+            [sys.executable, "run.py", "--port", str(free_port()), *flags],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1].startswith("error: planpulse cannot start:")
+        assert expected in result.stderr
+        assert "Traceback" not in result.stderr
