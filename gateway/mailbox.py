@@ -1,15 +1,21 @@
-"""Per-connection outbox and per-subscription mailboxes, between actor threads and the loop.
+"""From project actors' threads to sockets: the Dispatcher, per-connection Outboxes, and
+per-subscription mailboxes.
 
-Project actors call `SubscriptionMailbox.deliver` from their own threads; it never blocks.
-Frames go into the connection's `Outbox` under a lock, and the connection's writer task is
-woken at most once per batch (one `call_soon_threadsafe` however many frames arrived), so a
-burst costs one wake-up, not one per frame.
+Project actors call `SubscriptionMailbox.deliver` from their own threads; it never blocks:
+it appends to the process's `Dispatcher` queue, and the first delivery of a burst schedules
+one loop callback for the whole burst (one `call_soon_threadsafe`, however many frames and
+connections). That callback hands each delivery to its connection's `Outbox` and then
+writes every touched connection once, synchronously, as `websockets.broadcast` does: no
+task, no lock and no await per frame on the hot path.
 
-Backpressure is per subscription: at most `capacity` live frames may wait. When a new frame
-would exceed it, an undelivered older frame of the same node is dropped (only a node's latest
-state matters; the client sees the skipped sequence and can read it from the log). If no
-frame of that node is waiting, the subscriber cannot keep up at all: the connection is
-closed with 1013 and a reason that says how to resume.
+Backpressure is per connection and per subscription. While a connection's socket accepts
+data, frames go straight to it. When its write buffer is full (the transport paused
+writing), frames wait in the outbox's backlog until it drains; there at most `capacity`
+live frames per subscription may wait. When a new frame would exceed that, an undelivered
+older frame of the same node is dropped (only a node's latest state matters; the client
+sees the skipped sequence and can read it from the log). If no frame of that node is
+waiting, the subscriber cannot keep up at all: the connection is closed with 1013 and a
+reason that says how to resume.
 """
 
 from __future__ import annotations
@@ -19,185 +25,283 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from actors.messages import Selection
 
 SLOW_CONSUMER_CODE = 1013  # "Try Again Later"
 _serials = itertools.count(1)
 
+Item = tuple[str, int, bytes]  # node id, sequence, rendered payload
+
+
+class FrameSink(Protocol):
+    """Where an outbox writes: the connection's socket (see gateway/server.py)."""
+
+    def writable(self) -> bool:
+        """Open, and its write buffer below the high-water mark."""
+        ...
+
+    def is_open(self) -> bool: ...
+
+    def write(self, frames: list[bytes]) -> None:
+        """Frame and write all of them now (one socket write for the lot)."""
+        ...
+
+    async def drained(self) -> None:
+        """Return once the write buffer is below the low-water mark or the socket closed."""
+        ...
+
 
 class _Frame:
-    __slots__ = ("serial", "node_id", "sequence", "data", "live")
+    """A frame waiting in a backlog; `data` None once it has been coalesced away."""
 
-    def __init__(
-        self, serial: int, node_id: str | None, sequence: int, data: bytes, live: bool
-    ) -> None:
+    __slots__ = ("serial", "node_id", "data")
+
+    def __init__(self, serial: int, node_id: str | None, data: bytes) -> None:
         self.serial = serial  # which subscription; 0 for control frames
         self.node_id = node_id
-        self.sequence = sequence
         self.data: bytes | None = data
-        self.live = live
-
-
-class Waker:
-    """Wakes the writers of many outboxes with one `call_soon_threadsafe` per burst.
-
-    A project actor delivering one event to the subscribers of ten connections would
-    otherwise schedule ten loop callbacks (each a self-pipe write); here the first one
-    schedules a single callback and the others join it while it is pending.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._lock = threading.Lock()
-        self._events: list[asyncio.Event] = []
-        self._scheduled = False
-
-    def wake(self, event: asyncio.Event) -> None:
-        """Set `event` on the loop soon (from any thread)."""
-        with self._lock:
-            self._events.append(event)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        self._loop.call_soon_threadsafe(self._run)
-
-    def _run(self) -> None:
-        with self._lock:
-            events, self._events = self._events, []
-            self._scheduled = False
-        for event in events:
-            event.set()
 
 
 class Outbox:
-    """Frames waiting to be written to one connection, in the order they were produced."""
+    """Frames for one connection, written in the order they were produced.
+
+    Used on the event loop only (the Dispatcher brings deliveries there), so it needs no
+    lock. `put` and `put_control` queue; `flush` writes what is queued if the socket
+    accepts it, or moves it to the backlog and starts one drain task until it does.
+    """
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        sink: FrameSink,
+        dispatcher: Dispatcher,
         *,
         on_slow_consumer: Callable[[str], None],
         on_coalesced: Callable[[int], None] = lambda n: None,
-        waker: Waker | None = None,
+        on_written: Callable[[int], None] = lambda n: None,
     ) -> None:
-        self._loop = loop
-        self._waker = waker or Waker(loop)
-        self._lock = threading.Lock()
-        self._frames: deque[_Frame] = deque()
-        self._pending: dict[int, int] = {}  # subscription serial -> live frames waiting
+        self.sink = sink
+        self.dispatcher = dispatcher
+        self.touched = False  # queued frames since the Dispatcher's last flush of it
+        # The fast path, since the last flush: (serial, node id or None, frame, capacity);
+        # capacity 0 for frames that are never coalesced (control frames, replays).
+        self._ready: list[tuple[int, str | None, bytes, int]] = []
+        # The slow path, while the socket is paused: frames with per-subscription accounting.
+        self._backlog: deque[_Frame] = deque()
+        self._pending: dict[int, int] = {}  # subscription serial -> live frames in backlog
         self._by_node: dict[tuple[int, str], deque[_Frame]] = {}
+        self._dead = 0  # coalesced frames still in _backlog
+        self._drainer: asyncio.Task[None] | None = None
         self._dropped: set[int] = set()
-        self._dead = 0  # coalesced frames still in _frames (data None)
-        self._wakeup = asyncio.Event()
-        self._scheduled = False
         self._closed = False
         self._on_slow_consumer = on_slow_consumer
         self._on_coalesced = on_coalesced
+        self._on_written = on_written
 
-    # --- producers (any thread) -------------------------------------------------------
+    # --- producers (the loop) ---------------------------------------------------------
 
     def put_control(self, data: bytes | str) -> None:
-        """A protocol frame (ack, pong, complete, error, query result): never coalesced."""
+        """A protocol frame (ack, pong, complete, error, query result): never coalesced.
+
+        It takes the Dispatcher's way too, so that it leaves after every frame an actor
+        produced before it (a subscription's replay, say).
+        """
         if isinstance(data, str):
             data = data.encode()
-        with self._lock:
-            if self._closed:
-                return
-            self._frames.append(_Frame(0, None, 0, data, False))
-            self._wake_locked()
+        if not self._closed:
+            self.dispatcher.submit(self, 0, data, None, 0, True)
 
     def put(
         self,
         serial: int,
         prefix: bytes,
-        items: Sequence[tuple[str, int, bytes]],
+        items: Sequence[Item] | None,
         capacity: int,
         replay: bool,
     ) -> None:
-        slow: str | None = None
-        coalesced = 0
-        with self._lock:
-            if self._closed or serial in self._dropped:
-                return
+        """Queue rendered events for one subscription (`items` None: `prefix` is a whole
+        control frame)."""
+        if self._closed or serial in self._dropped:
+            return
+        if items is None:
+            if self._drainer is None:
+                self._ready.append((0, None, prefix, 0))
+            else:
+                self._backlog_append(0, None, prefix, 0)
+            return
+        if replay:
+            capacity = 0
+        if self._drainer is None:
+            ready = self._ready
+            for node_id, _sequence, payload in items:
+                ready.append((serial, node_id, prefix + payload + b"}", capacity))
+        else:
+            for node_id, _sequence, payload in items:
+                if not self._backlog_append(serial, node_id, prefix + payload + b"}", capacity):
+                    break
+
+    def flush(self) -> None:
+        """Write what `put` queued, or keep it in the backlog while the socket is paused."""
+        self.touched = False
+        ready, self._ready = self._ready, []
+        if not ready or self._closed:
+            return
+        if self._drainer is None and self.sink.writable():
+            self.sink.write([frame for _serial, _node, frame, _capacity in ready])
+            self._on_written(len(ready))
+            return
+        if not self.sink.is_open():
+            return  # closing: nothing more will be written
+        for serial, node_id, frame, capacity in ready:
+            self._backlog_append(serial, node_id, frame, capacity)
+        if self._drainer is None and self._backlog:
+            self._drainer = asyncio.ensure_future(self._drain())
+
+    def _backlog_append(self, serial: int, node_id: str | None, data: bytes, capacity: int) -> bool:
+        """Queue one frame behind a paused socket; False once the subscriber is too slow.
+
+        `capacity` 0: a frame that is never coalesced and does not count (control, replay).
+        """
+        if serial in self._dropped:
+            return False
+        frame = _Frame(serial, node_id, data)
+        if capacity and node_id is not None:
             pending = self._pending.get(serial, 0)
-            for node_id, sequence, payload in items:
-                frame = _Frame(serial, node_id, sequence, prefix + payload + b"}", not replay)
-                if not replay:
-                    if pending >= capacity:
-                        older = self._by_node.get((serial, node_id))
-                        if not older:
-                            self._dropped.add(serial)  # nothing after a lost frame
-                            slow = (
-                                f"subscriber too slow: more than {capacity} events waiting; "
-                                "resubscribe with afterSequence"
-                            )
-                            break
-                        older.popleft().data = None
-                        pending -= 1
-                        coalesced += 1
-                        self._dead += 1
-                    pending += 1
-                    self._by_node.setdefault((serial, node_id), deque()).append(frame)
-                self._frames.append(frame)
-            self._pending[serial] = pending
-            if self._dead > 256 and self._dead * 2 > len(self._frames):
-                # A writer stuck behind a stalled socket while coalescing goes on: drop the
-                # husks so memory stays bounded by the live frames.
-                self._frames = deque(f for f in self._frames if f.data is not None)
-                self._dead = 0
-            if slow is None:
-                self._wake_locked()
-        if coalesced:
-            self._on_coalesced(coalesced)
-        if slow is not None:
-            self._loop.call_soon_threadsafe(self._on_slow_consumer, slow)
+            if pending >= capacity:
+                older = self._by_node.get((serial, node_id))
+                if not older:
+                    self._dropped.add(serial)  # nothing after a lost frame
+                    self._on_slow_consumer(
+                        f"subscriber too slow: more than {capacity} events waiting; "
+                        "resubscribe with afterSequence"
+                    )
+                    return False
+                older.popleft().data = None
+                pending -= 1
+                self._dead += 1
+                self._on_coalesced(1)
+            self._pending[serial] = pending + 1
+            self._by_node.setdefault((serial, node_id), deque()).append(frame)
+        self._backlog.append(frame)
+        if self._dead > 256 and self._dead * 2 > len(self._backlog):
+            # A socket stalled while coalescing goes on: drop the husks so that memory
+            # stays bounded by the live frames.
+            self._backlog = deque(f for f in self._backlog if f.data is not None)
+            self._dead = 0
+        return True
+
+    async def _drain(self) -> None:
+        """The one task of a paused connection: write the backlog each time it drains."""
+        try:
+            while True:
+                await self.sink.drained()
+                if self._closed or not self.sink.is_open():
+                    self._clear_backlog()
+                    return
+                frames = [f.data for f in self._backlog if f.data is not None]
+                self._clear_backlog()
+                if frames:
+                    self.sink.write(frames)
+                    self._on_written(len(frames))
+                if self.sink.writable():
+                    return
+        finally:
+            self._drainer = None
+
+    def _clear_backlog(self) -> None:
+        self._backlog.clear()
+        self._pending.clear()
+        self._by_node.clear()
+        self._dead = 0
 
     def drop(self, serial: int) -> None:
         """The subscription ended: its waiting frames will not be sent."""
-        with self._lock:
-            self._dropped.add(serial)
-            self._pending.pop(serial, None)
-            for frame in self._frames:
-                if frame.serial == serial:
-                    frame.data = None
-
-    def _wake_locked(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self._waker.wake(self._wakeup)
-
-    # --- the consumer (the connection's writer task) ----------------------------------
-
-    async def take(self) -> list[bytes] | None:
-        """Every frame waiting now, in order; None once the outbox is closed and empty."""
-        while True:
-            with self._lock:
-                if self._frames:
-                    frames = [f.data for f in self._frames if f.data is not None]
-                    self._frames.clear()
-                    self._dead = 0
-                    self._pending.clear()
-                    self._by_node.clear()
-                    self._scheduled = False
-                    if frames:
-                        return frames
-                    continue
-                if self._closed:
-                    return None
-                self._scheduled = False
-                self._wakeup.clear()
-            await self._wakeup.wait()
+        self._dropped.add(serial)
+        self._pending.pop(serial, None)
+        for frame in self._backlog:
+            if frame.serial == serial:
+                frame.data = None
+        self._ready = [entry for entry in self._ready if entry[0] != serial]
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._wake_locked()
+        """The connection is gone: drop everything, end the drain task."""
+        self._closed = True
+        self._ready = []
+        self._clear_backlog()
+        if self._drainer is not None:
+            self._drainer.cancel()
 
     @property
     def waiting(self) -> int:
-        return len(self._frames)
+        """Frames not yet handed to the socket."""
+        return len(self._ready) + sum(1 for f in self._backlog if f.data is not None)
+
+
+class Dispatcher:
+    """Carries deliveries from actor threads to the loop, one wake-up per burst.
+
+    `submit` appends to a deque (atomic under the GIL) and schedules `_run` only when no run
+    is pending, so a project actor delivering an event to the subscribers of ten
+    connections costs one `call_soon_threadsafe`, not ten. `_run` hands each delivery to its
+    outbox, then flushes every touched outbox once: one socket write per connection per
+    burst, however many frames it got.
+    """
+
+    # Entries handled per loop callback before yielding to sockets and timers.
+    BATCH = 5000
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: deque[tuple[Outbox, int, bytes, Sequence[Item] | None, int, bool]] = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def submit(
+        self,
+        outbox: Outbox,
+        serial: int,
+        prefix: bytes,
+        items: Sequence[Item] | None,
+        capacity: int,
+        replay: bool,
+    ) -> None:
+        """From any thread: queue a delivery for the loop (see `Outbox.put`)."""
+        self._queue.append((outbox, serial, prefix, items, capacity, replay))
+        if self._scheduled:
+            return  # the pending run will see it: it resets the flag before draining
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._run)
+        except RuntimeError:  # the loop is closed: the server has stopped
+            pass
+
+    def _run(self) -> None:
+        with self._lock:
+            self._scheduled = False
+        queue = self._queue
+        touched: list[Outbox] = []
+        for _ in range(min(len(queue), self.BATCH)):
+            outbox, serial, prefix, items, capacity, replay = queue.popleft()
+            outbox.put(serial, prefix, items, capacity, replay)
+            if not outbox.touched:
+                outbox.touched = True
+                touched.append(outbox)
+        for outbox in touched:
+            outbox.flush()
+        if queue:
+            with self._lock:
+                if self._scheduled:
+                    return
+                self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
 
 
 class SubscriptionMailbox:
@@ -221,8 +325,10 @@ class SubscriptionMailbox:
         self._capacity = capacity
         self._on_fail = on_fail
 
-    def deliver(self, items: Sequence[tuple[str, int, bytes]], *, replay: bool = False) -> None:
-        self._outbox.put(self.serial, self._prefix, items, self._capacity, replay)
+    def deliver(self, items: Sequence[Item], *, replay: bool = False) -> None:
+        self._outbox.dispatcher.submit(
+            self._outbox, self.serial, self._prefix, items, self._capacity, replay
+        )
 
     def fail(self, errors: list[dict[str, Any]]) -> None:
         self._on_fail(errors)

@@ -2,9 +2,10 @@
 
 Each connection feeds received messages to its `ServerProtocol` and carries out the actions
 it returns. Queries and mutations run on worker threads; subscriptions are handed to the
-project's actor through the hub, which fills the connection's outbox from its own thread.
-One writer task per connection drains the outbox, so frames leave in the order they were
-produced and a slow socket never blocks anyone but itself.
+project's actor through the hub. The actor's deliveries reach the loop through the one
+`Dispatcher`, which writes each connection's frames synchronously in one socket write per
+burst (gateway/mailbox.py); only a connection whose socket is paused gets a task, to write
+its backlog when the socket drains, so a slow socket never blocks anyone but itself.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from gateway import pages
 from gateway import protocol as p
 from gateway.auth import Authenticator, auth_required, origin_allowed
-from gateway.mailbox import SLOW_CONSUMER_CODE, Outbox, SubscriptionMailbox, Waker
+from gateway.mailbox import SLOW_CONSUMER_CODE, Dispatcher, Outbox, SubscriptionMailbox
 from gateway.metrics import GatewayMetrics
 from gateway.operations import (
     DocumentCache,
@@ -82,17 +84,17 @@ class Gateway:
         self.pool = ThreadPoolExecutor(self.config.worker_threads, thread_name_prefix="graphql")
         self.connections: set[Connection] = set()
         self.server: Server | None = None
-        self._waker: Waker | None = None
+        self._dispatcher: Dispatcher | None = None
         pages.static_files()  # read the page's files now, not on the loop at first request
         self.authenticate = Authenticator(
             services.db, auth_required(self.config.host, self.config.auth)
         )
 
-    def waker(self, loop: asyncio.AbstractEventLoop) -> Waker:
-        """The one Waker of this server's loop, shared by every connection's outbox."""
-        if self._waker is None:
-            self._waker = Waker(loop)
-        return self._waker
+    def dispatcher(self, loop: asyncio.AbstractEventLoop) -> Dispatcher:
+        """The one Dispatcher of this server's loop, shared by every connection's outbox."""
+        if self._dispatcher is None:
+            self._dispatcher = Dispatcher(loop)
+        return self._dispatcher
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -124,7 +126,9 @@ class Gateway:
             return
         self.server.close(close_connections=False)
         deadline = asyncio.get_running_loop().time() + drain_seconds
-        while any(c.outbox.waiting for c in self.connections):
+        while (self._dispatcher is not None and self._dispatcher.waiting) or any(
+            c.outbox.waiting for c in self.connections
+        ):
             if asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.02)
@@ -221,6 +225,38 @@ def _response(status: HTTPStatus, body: bytes | str, content_type: str = "text/p
     return Response(status.value, status.phrase, headers, body)
 
 
+class SocketSink:
+    """An outbox's way to the socket (`gateway.mailbox.FrameSink`), as `websockets.broadcast`
+    writes: frames go through the library's protocol (framing, state) and leave in one
+    transport write, synchronously, with no task or await per frame."""
+
+    __slots__ = ("ws",)
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.ws = ws
+
+    def writable(self) -> bool:
+        return self.ws.protocol.state is State.OPEN and not self.ws.paused
+
+    def is_open(self) -> bool:
+        return self.ws.protocol.state is State.OPEN
+
+    def write(self, frames: list[bytes]) -> None:
+        ws = self.ws
+        protocol = ws.protocol
+        if protocol.state is not State.OPEN:
+            return  # closing: the close handshake is the last thing to send
+        send_text = protocol.send_text
+        for frame in frames:
+            send_text(frame)
+        # Open state: no end-of-stream marker among the chunks, all of them are bytes.
+        ws.transport.writelines(protocol.data_to_send())
+
+    async def drained(self) -> None:
+        with contextlib.suppress(Exception):  # a lost connection ends the wait too
+            await self.ws.drain()
+
+
 class Connection:
     """One socket: its protocol state, its outbox, its operations."""
 
@@ -230,10 +266,11 @@ class Connection:
         self.loop = asyncio.get_running_loop()
         self.protocol = p.ServerProtocol(max_operations=gateway.config.max_operations)
         self.outbox = Outbox(
-            self.loop,
+            SocketSink(ws),
+            gateway.dispatcher(self.loop),
             on_slow_consumer=self._on_slow_consumer,
             on_coalesced=gateway.metrics.frames_coalesced.inc,
-            waker=gateway.waker(self.loop),
+            on_written=gateway.metrics.frames_delivered.inc,
         )
         self.context = RequestContext(gateway.services)
         self.subscriptions: dict[str, tuple[int, SubscriptionMailbox]] = {}
@@ -241,7 +278,6 @@ class Connection:
         self.closing = False
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self._write_loop())
         timer = self.loop.call_later(self.gateway.config.init_timeout, self._on_init_timeout)
         try:
             async for message in self.ws:
@@ -252,8 +288,6 @@ class Connection:
             timer.cancel()
             self._end_everything()
             self.outbox.close()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await asyncio.wait_for(writer, timeout=5)
 
     def _off_loop(self, call: Callable[..., Any], *args: Any) -> None:
         """Run a hub call on a worker thread: the hub's lock (held while it retires idle
@@ -273,20 +307,6 @@ class Connection:
         for task in self.tasks.values():
             task.cancel()
         self.tasks.clear()
-
-    async def _write_loop(self) -> None:
-        delivered = self.gateway.metrics.frames_delivered
-        ws = self.ws
-        try:
-            while (frames := await self.outbox.take()) is not None:
-                # Every waiting frame in one write (the documented send_context pattern):
-                # several frames of a connection cost about a quarter of separate sends.
-                async with ws.send_context():
-                    for frame in frames:
-                        ws.protocol.send_text(frame)
-                delivered.inc(len(frames))
-        except ConnectionClosed:
-            pass
 
     # --- protocol actions ---------------------------------------------------------------
 
