@@ -223,12 +223,14 @@ async def serve_until_signalled(config: Any) -> None:
     log.info("stopped")
 
 
-# The event loop thread does many short steps between socket syscalls, each of which
-# releases the GIL; with CPython's default 5 ms switch interval, every re-acquisition can
-# wait behind a busy actor thread for up to 5 ms (a convoy). Measured with
-# `run.py loadtest --connections 1000 --projects 100 --rate 1000 --seconds 8`:
-# p99 12.2 s at 5 ms, 387 ms at 0.5 ms, 259 ms at 0.1 ms (one run each; bench/README.md).
-DEFAULT_SWITCH_INTERVAL = 0.0001
+# The event loop releases the GIL at every socket syscall and must take it back from the
+# actor and executor threads; with CPython's default 5 ms switch interval each
+# re-acquisition can wait up to 5 ms (a convoy), while a very short interval spends the
+# CPU on forced switches. Measured with `run.py loadtest --connections 1000 --projects 100
+# --seconds 8` on the final write path (one run each, bench/README.md): at 6,000 events/s
+# p99 1,830 ms at 0.1 ms, 387 ms at 1 ms, 613 ms at 5 ms; at 1,000 events/s p99 137 ms at
+# 0.1 ms, 18 ms at 1 ms.
+DEFAULT_SWITCH_INTERVAL = 0.001
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

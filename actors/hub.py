@@ -143,10 +143,16 @@ class Hub:
                 for pid, routed in self._last_routed.items()
                 if now - routed >= self.idle_seconds and pid in self._actors
             ]
-            for project_id in candidates:
+            # Ask them all at once, then collect: the actors answer in parallel on their
+            # threads, and every answer comes after the messages routed before it.
+            asked = {
+                pid: self._actors[pid].ask(IdleCheck(self.idle_seconds), block=False)
+                for pid in candidates
+            }
+            for project_id, answer in asked.items():
                 ref = self._actors[project_id]
                 try:
-                    idle = ref.ask(IdleCheck(self.idle_seconds), timeout=1.0)
+                    idle = answer.get(timeout=1.0)
                 except (pykka.Timeout, pykka.ActorDeadError):
                     idle = not ref.is_alive()
                 if not idle:

@@ -201,13 +201,22 @@ class LoadGenerator:
         sent = 0
         total = int(rate * seconds)
         next_project = 0
-        while sent < total and not stop.is_set():
+        in_flight: pykka.Future[Any] | None = None
+        waiting: list[int] = []
+        while (sent < total or waiting or in_flight is not None) and not stop.is_set():
             due = min(total, int(rate * (time.monotonic() - started))) - sent
             if due > 0:
-                batch = tuple((next_project + i) % projects + 1 for i in range(due))
+                waiting.extend((next_project + i) % projects + 1 for i in range(due))
                 next_project = (next_project + due) % projects
-                executor.tell(Batch(batch))
                 sent += due
+            # One batch in flight: what falls due meanwhile joins the next one, so a slow
+            # commit makes the next transaction bigger instead of queueing small ones.
+            if in_flight is not None and _done(in_flight):
+                in_flight.get()  # re-raises what the executor raised
+                in_flight = None
+            if in_flight is None and waiting:
+                in_flight = executor.ask(Batch(tuple(waiting)), block=False)
+                waiting = []
             stop.wait(TICK_SECONDS)
         log.info("loadgen: %d changes requested in %.1fs", sent, time.monotonic() - started)
 
@@ -223,6 +232,14 @@ class LoadGenerator:
                 executor.stop(block=True, timeout=30)
             except (pykka.Timeout, pykka.ActorDeadError):
                 pass
+
+
+def _done(future: pykka.Future[Any]) -> bool:
+    try:
+        future.get(timeout=0)
+    except pykka.Timeout:
+        return False
+    return True
 
 
 def _check_count(name: str, value: int, limit: int) -> None:

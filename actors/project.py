@@ -1,10 +1,12 @@
 """The ProjectActor: one per project with subscribers or traffic.
 
 It owns the project's subscribers and the node-ID cache, and it is the only place where a
-state change becomes NodeExecutionStatusEvents. Because it handles one message at a time,
-ordering is simple: it delivers sequences in increasing order, drops duplicates, and fills
-any gap (a message still in flight from another executor, a lost pub/sub message) from the
-event log before delivering what follows.
+state change becomes NodeExecutionStatusEvents. It runs on the shared actor threads
+(actors/runtime.py), not on a thread of its own: a process may watch thousands of projects.
+Because it handles one message at a time, ordering is simple: it delivers sequences in
+increasing order, drops duplicates, and fills any gap (a message still in flight from
+another executor, a lost pub/sub message) from the event log before delivering what
+follows.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
-
-import pykka
 
 from actors.events import node_events
 from actors.messages import (
@@ -27,6 +27,7 @@ from actors.messages import (
     Subscriber,
     Unsubscribe,
 )
+from actors.runtime import ShardedActor
 from actors.state import status_from_row
 from storage import queries
 from storage.db import Database
@@ -46,7 +47,7 @@ class _Group:
         self.subscribers: dict[Hashable, Subscriber] = {}
 
 
-class ProjectActor(pykka.ThreadingActor):
+class ProjectActor(ShardedActor):
     """Turns a project's state changes into frames for its subscribers' mailboxes."""
 
     def __init__(

@@ -10,9 +10,11 @@ import socket
 import threading
 from typing import Any
 
+import pykka
 import pytest
 
 from actors.messages import StatusChanged
+from actors.project import ProjectActor
 from actors.state import StateStore
 from gateway.server import GatewayConfig
 from storage import queries
@@ -235,8 +237,8 @@ def _threads() -> int:
     return sum(1 for t in threading.enumerate() if not t.name.startswith("graphql"))
 
 
-def _actor_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.name.startswith("ProjectActor-"))
+def _live_project_actors() -> int:
+    return len(pykka.ActorRegistry.get_by_class(ProjectActor))
 
 
 def test_thousand_connections_opened_and_killed_leave_nothing_behind(start_server: Any) -> None:
@@ -280,7 +282,7 @@ def test_thousand_connections_opened_and_killed_leave_nothing_behind(start_serve
     threads, rss = _threads(), current_rss_kib()
     run(churn(), timeout=120)
     wait_until(settled, 30, "everything cleaned up")
-    wait_until(lambda: _actor_threads() == 0, 30, "project actor threads ended")
+    wait_until(lambda: _live_project_actors() == 0, 30, "project actors stopped")
     wait_until(lambda: _threads() <= threads, 30, "no other thread left behind")
     gc.collect()
     grown = current_rss_kib() - rss

@@ -524,8 +524,8 @@ def test_idle_check(db: Database, store: StateStore) -> None:
 # --- the Hub ------------------------------------------------------------------------------
 
 
-def project_actor_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith("ProjectActor")}
+def project_actors() -> set[pykka.ActorRef[Any]]:
+    return set(pykka.ActorRegistry.get_by_class(ProjectActor))
 
 
 def wait_for(predicate: Any, timeout: float = 5.0) -> Any:
@@ -601,14 +601,15 @@ def test_hub_first_subscriber_gets_a_change_committed_right_after_subscribing(
         db.dispose()
 
 
-def test_hub_reaps_an_idle_actor_and_its_thread_ends(db: Database, hub: Hub) -> None:
+def test_hub_reaps_an_idle_actor_and_it_stops(db: Database, hub: Hub) -> None:
     pid = new_project(db)
-    before = project_actor_threads()
+    before = project_actors()
     subscriber = FakeSubscriber("s1")
     hub.subscribe(pid, subscriber)
     assert hub.ask(pid, "stats")["subscribers"] == 1
-    [thread] = project_actor_threads() - before
-    assert thread.is_alive()
+    [actor] = project_actors() - before
+    assert actor.is_alive()
+    threads = threading.active_count()  # actors share the runtime's threads
 
     time.sleep(0.15)
     assert hub.reap_idle() == 0  # a subscriber keeps it alive, however long ago it came
@@ -620,9 +621,9 @@ def test_hub_reaps_an_idle_actor_and_its_thread_ends(db: Database, hub: Hub) -> 
     assert hub.reap_idle() == 1
     assert hub.project_ids() == []
     assert hub.actor_count == 0
-    thread.join(timeout=5)
-    assert not thread.is_alive()
-    assert thread not in threading.enumerate()
+    assert actor.actor_stopped.wait(5)
+    assert actor not in project_actors()
+    assert threading.active_count() == threads
 
     # A new subscriber later gets a fresh actor.
     again = FakeSubscriber("s2")
@@ -633,14 +634,13 @@ def test_hub_reaps_an_idle_actor_and_its_thread_ends(db: Database, hub: Hub) -> 
 def test_hub_route_without_an_actor_does_nothing(db: Database, store: StateStore, hub: Hub) -> None:
     pid = new_project(db)
     source = new_source(db, pid)
-    before = project_actor_threads()
+    before = project_actors()
     hub.route(store.data_source_processing(source))
     hub.route(PlanChanged(pid))
     hub.unsubscribe(pid, "nobody")
     assert hub.project_ids() == []
     assert hub.actor_count == 0
-    assert project_actor_threads() == before
-    assert pykka.ActorRegistry.get_by_class(ProjectActor) == []
+    assert project_actors() == before == set()
 
 
 def test_status_changed_survives_the_bus_encoding() -> None:

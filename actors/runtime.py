@@ -1,0 +1,185 @@
+"""ShardedActor: pykka actors that share a few threads instead of owning one each.
+
+A project actor per project is the design, and a process may watch ten thousand projects;
+`pykka.ThreadingActor` gives each its own OS thread (stack, a futex wake-up per message,
+a GIL hand-off per wake-up, a join to retire it). A ShardedActor is the same pykka actor
+(`ActorRef`, `tell`, `ask`, proxies, the registry, `on_start`/`on_stop`/`on_failure`) whose
+inbox, when a message arrives while it is idle, puts the actor on the run queue of one of
+a fixed set of `ActorThreads`. That thread takes up to `TURN` messages of the actor, one
+at a time and in order, then moves on to the next ready actor. An actor is on at most one
+run queue at a time, so it still handles one message at a time, in order; under load a
+thread serves many actors per wake-up.
+
+The price: a message handler that blocks holds up the other actors of its thread, so
+handlers must not wait for another ShardedActor of the same runtime (`ask(...).get()`
+from inside a handler could deadlock). Project actors only read the database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import sys
+import threading
+from collections import deque
+from typing import Any, ClassVar
+
+import pykka
+from pykka import ActorRegistry
+from pykka._envelope import Envelope
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THREADS = 4
+TURN = 64  # messages of one actor per turn, so one busy actor cannot starve its thread
+
+
+class ActorThreads:
+    """The threads that run ShardedActors; started on first use, daemons."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"actor threads must be 1 or more, got {size}")
+        self.size = size
+        self._queues: list[queue.SimpleQueue[ShardedActor | None]] = []
+        self._threads: list[threading.Thread] = []
+        self._next = itertools.count()
+        self._lock = threading.Lock()
+
+    def assign(self) -> queue.SimpleQueue[ShardedActor | None]:
+        """The run queue of the thread a new actor will live on (round robin)."""
+        with self._lock:
+            if not self._threads:
+                for index in range(self.size):
+                    ready: queue.SimpleQueue[ShardedActor | None] = queue.SimpleQueue()
+                    thread = threading.Thread(
+                        target=_run, args=(ready,), name=f"actors-{index}", daemon=True
+                    )
+                    thread.start()
+                    self._queues.append(ready)
+                    self._threads.append(thread)
+            return self._queues[next(self._next) % self.size]
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return list(self._threads)
+
+
+def _run(ready: queue.SimpleQueue[ShardedActor | None]) -> None:
+    while (actor := ready.get()) is not None:
+        try:
+            actor._take_turn()
+        except BaseException:  # noqa: BLE001 - the thread serves other actors too
+            log.exception("actor thread: %s failed outside its handlers", actor)
+
+
+class _Inbox:
+    """A ShardedActor's inbox (pykka's `ActorInbox` interface)."""
+
+    __slots__ = ("envelopes", "actor", "scheduled", "lock")
+
+    def __init__(self) -> None:
+        self.envelopes: deque[Envelope[Any]] = deque()
+        self.actor: ShardedActor | None = None
+        self.scheduled = False
+        self.lock = threading.Lock()
+
+    def put(self, envelope: Envelope[Any], /) -> None:
+        self.envelopes.append(envelope)
+        with self.lock:
+            if self.scheduled:
+                return  # the actor's turn will see it: it checks under this lock
+            self.scheduled = True
+        assert self.actor is not None
+        self.actor._ready_queue.put(self.actor)
+
+    def get(self) -> Envelope[Any]:
+        return self.envelopes.popleft()
+
+    def empty(self) -> bool:
+        return not self.envelopes
+
+
+class ShardedActor(pykka.Actor):
+    """A pykka actor run on one of a few shared threads (see the module docstring)."""
+
+    runtime: ClassVar[ActorThreads | None] = None
+
+    @classmethod
+    def use_threads(cls, size: int) -> None:
+        """Set the number of shared threads; before the first actor starts."""
+        ShardedActor.runtime = ActorThreads(size)
+
+    @staticmethod
+    def _create_actor_inbox() -> _Inbox:  # type: ignore[override]
+        return _Inbox()
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        return pykka.ThreadingFuture()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _Inbox)
+        inbox.actor = self
+        self._needs_setup = True
+        self._ready_queue: queue.SimpleQueue[ShardedActor | None]
+
+    def _start_actor_loop(self) -> None:
+        if ShardedActor.runtime is None:
+            threads = int(os.environ.get("PLANPULSE_ACTOR_THREADS", DEFAULT_THREADS))
+            ShardedActor.runtime = ActorThreads(threads)
+        self._ready_queue = ShardedActor.runtime.assign()
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _Inbox)
+        with inbox.lock:
+            inbox.scheduled = True  # the first turn runs on_start
+        self._ready_queue.put(self)
+
+    def _take_turn(self) -> None:
+        """Handle up to TURN waiting messages, then give the thread to the next actor."""
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _Inbox)
+        if self._needs_setup:
+            self._needs_setup = False
+            self._actor_loop_setup()
+        envelopes = inbox.envelopes
+        for _ in range(TURN):
+            if self.actor_stopped.is_set() or not envelopes:
+                break
+            self._handle_envelope(envelopes.popleft())
+        if self.actor_stopped.is_set():
+            self._actor_loop_teardown()
+            return  # never scheduled again: `tell` refuses a stopped actor
+        with inbox.lock:
+            if not envelopes:
+                inbox.scheduled = False
+                return
+        self._ready_queue.put(self)
+
+    def _handle_envelope(self, envelope: Envelope[Any]) -> None:
+        """One message, with pykka's own failure rules (as `Actor._actor_loop_running`)."""
+        try:
+            response = self._handle_receive(envelope.message)
+            if envelope.reply_to is not None:
+                envelope.reply_to.set(response)
+        except Exception:
+            if envelope.reply_to is not None:
+                log.info("Exception returned from %s to caller:", self, exc_info=sys.exc_info())
+                envelope.reply_to.set_exception()
+            else:
+                self._handle_failure(*sys.exc_info())
+                try:
+                    self.on_failure(*sys.exc_info())
+                except Exception:  # noqa: BLE001
+                    self._handle_failure(*sys.exc_info())
+        except BaseException:  # noqa: BLE001
+            log.debug("%r in %s. Stopping all actors.", sys.exc_info()[1], self)
+            self._stop()
+            ActorRegistry.stop_all()
+
+
+__all__ = ["ActorThreads", "ShardedActor"]
