@@ -58,7 +58,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-seconds",
         type=float,
-        default=env_default("IDLE_SECONDS", 60.0, float),
+        default=env_default("IDLE_SECONDS", 30.0, float),
         help="a project actor with no subscriber and no traffic this long is stopped",
     )
     parser.add_argument(

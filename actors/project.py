@@ -63,9 +63,13 @@ class ProjectActor(ShardedActor):
         self.db = db
         self.groups: dict[Hashable, _Group] = {}
         self.subscriber_groups: dict[Hashable, Hashable] = {}
-        # node-ID cache: data source id -> DataSourceNode ids naming it; node id -> node type
+        # node-ID cache: data source id -> DataSourceNode ids naming it; node id -> node type.
+        # Loaded whole, in one query, when a subscriber arrives and after each PlanChanged,
+        # so that no event waits for a database read (a shared actor thread would wait too).
         self.source_nodes: dict[int, tuple[str, ...]] = {}
         self.node_types: dict[str, str] = {}
+        self.routes_loaded = False
+        self.route_loads = 0
         self.cache_hits = 0
         self.cache_misses = 0
         self.last_activity = time.monotonic()
@@ -89,6 +93,7 @@ class ProjectActor(ShardedActor):
         elif isinstance(message, PlanChanged):
             self.source_nodes.clear()
             self.node_types.clear()
+            self.routes_loaded = False
         elif isinstance(message, Resync):
             self._resync()
         elif isinstance(message, IdleCheck):
@@ -106,6 +111,7 @@ class ProjectActor(ShardedActor):
             "last_sequence": self.last_sequence,
             "cache_hits": self.cache_hits,
             "cache_misses": self.cache_misses,
+            "route_loads": self.route_loads,
         }
 
     def _is_idle(self, idle_seconds: float) -> bool:
@@ -156,27 +162,30 @@ class ProjectActor(ShardedActor):
         return node_events(message, self._nodes_of_source, self._node_type)
 
     def _nodes_of_source(self, data_source_id: int) -> tuple[str, ...]:
-        nodes = self.source_nodes.get(data_source_id)
-        if nodes is not None:
+        if not self.routes_loaded:
+            self.cache_misses += 1
+            with self.db.read() as s:
+                self._load_routes(s)
+        else:
             self.cache_hits += 1
-            return nodes
-        self.cache_misses += 1
-        with self.db.read() as s:
-            nodes = tuple(queries.data_source_node_ids(s, self.project_id, data_source_id))
-        self.source_nodes[data_source_id] = nodes
-        return nodes
+        return self.source_nodes.get(data_source_id, ())
 
     def _node_type(self, node_id: str) -> str | None:
-        if node_id in self.node_types:
+        if not self.routes_loaded:
+            self.cache_misses += 1
+            with self.db.read() as s:
+                self._load_routes(s)
+        else:
             self.cache_hits += 1
-            return self.node_types[node_id]
-        self.cache_misses += 1
-        with self.db.read() as s:
-            node = queries.get_node(s, self.project_id, node_id)
-            node_type = node.node_type if node is not None else None
-        if node_type is not None:
-            self.node_types[node_id] = node_type
-        return node_type
+        return self.node_types.get(node_id)
+
+    def _load_routes(self, s: Any) -> None:
+        """The project's whole node-ID map, in one query."""
+        by_source, types = queries.node_routes(s, self.project_id)
+        self.source_nodes = {source: tuple(ids) for source, ids in by_source.items()}
+        self.node_types = types
+        self.routes_loaded = True
+        self.route_loads += 1
 
     # --- subscribers ------------------------------------------------------------------
 
@@ -206,6 +215,8 @@ class ProjectActor(ShardedActor):
                     code="PROJECT_NOT_FOUND",
                 )
             committed = queries.last_sequence(s, self.project_id)
+            if not self.routes_loaded:
+                self._load_routes(s)
             if after is not None and self.last_sequence < after <= committed:
                 # The client has seen events this actor has not received yet (in flight,
                 # or lost by the bus): catch everyone up from the log first.

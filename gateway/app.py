@@ -32,7 +32,7 @@ class AppConfig:
     executors: bool = True
     executor_workers: int = 2
     retention: int = DEFAULT_RETENTION
-    idle_seconds: float = 60.0
+    idle_seconds: float = 30.0
     # None: the in-process bus (one process). redis://…: several gateways and workers;
     # with PostgreSQL, work then goes through the durable queue (actors/work_queue.py).
     bus_url: str | None = None

@@ -230,7 +230,7 @@ def data_source_node_ids(s: Session, project_id: int, data_source_id: int) -> li
     """Every DataSourceNode of the project whose config names the data source.
 
     Read in Python rather than with a JSON path expression so that it is the same query on
-    SQLite and PostgreSQL; the node-ID cache of the project actor makes it rare.
+    SQLite and PostgreSQL. (Project actors load the whole map at once: `node_routes`.)
     """
     return sorted(
         node_id

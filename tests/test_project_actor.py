@@ -231,20 +231,23 @@ def test_unsubscribed_subscriber_gets_nothing_more(db: Database, store: StateSto
 # --- the node-ID cache --------------------------------------------------------------------
 
 
-def test_node_id_cache_miss_then_hit(db: Database, store: StateStore) -> None:
+def test_node_id_cache_is_loaded_with_the_first_subscriber_then_hit(
+    db: Database, store: StateStore
+) -> None:
     pid = new_project(db)
     source = new_source(db, pid)
     actor = start(pid, db)
+    assert handled(actor)["route_loads"] == 0
     actor.tell(Subscribe(FakeSubscriber("s1")))
-    assert handled(actor)["cache_misses"] == 0
+    assert handled(actor)["route_loads"] == 1  # read with the subscription, not per event
 
     actor.tell(store.data_source_processing(source))
     first = handled(actor)
-    assert (first["cache_misses"], first["cache_hits"]) == (1, 0)
+    assert (first["cache_misses"], first["cache_hits"], first["route_loads"]) == (0, 1, 1)
 
     actor.tell(store.data_source_pending(source))
     second = handled(actor)
-    assert (second["cache_misses"], second["cache_hits"]) == (1, 1)
+    assert (second["cache_misses"], second["cache_hits"], second["route_loads"]) == (0, 2, 1)
 
 
 def test_plan_changed_clears_cache_and_stale_mapping_is_never_used(
@@ -282,7 +285,8 @@ def test_plan_changed_clears_cache_and_stale_mapping_is_never_used(
     ]
     moved = [event for node, _seq, event, _r in subscriber.items if node == "movable"]
     assert moved[0]["datasourceExecution"]["dataSourceId"] == places
-    assert stats["cache_misses"] == 4  # both sources were looked up again after PlanChanged
+    # After PlanChanged the first lookup read the whole map again; the second used it.
+    assert (stats["cache_misses"], stats["route_loads"]) == (1, 2)
 
 
 # --- ordering: duplicates, gaps, replay -----------------------------------------------------
