@@ -88,7 +88,7 @@ class Outbox:
         # capacity 0 for frames that are never coalesced (control frames, replays).
         self._ready: list[tuple[int, str | None, bytes, int]] = []
         # The slow path, while the socket is paused: frames with per-subscription accounting.
-        self._backlog: deque[_Frame] = deque()
+        self._backlog: deque[_Frame] | None = None  # made when first needed (memory)
         self._pending: dict[int, int] = {}  # subscription serial -> live frames in backlog
         self._by_node: dict[tuple[int, str], deque[_Frame]] = {}
         self._dead = 0  # coalesced frames still in _backlog
@@ -183,6 +183,8 @@ class Outbox:
                 self._on_coalesced(1)
             self._pending[serial] = pending + 1
             self._by_node.setdefault((serial, node_id), deque()).append(frame)
+        if self._backlog is None:
+            self._backlog = deque()
         self._backlog.append(frame)
         if self._dead > 256 and self._dead * 2 > len(self._backlog):
             # A socket stalled while coalescing goes on: drop the husks so that memory
@@ -199,7 +201,7 @@ class Outbox:
                 if self._closed or not self.sink.is_open():
                     self._clear_backlog()
                     return
-                frames = [f.data for f in self._backlog if f.data is not None]
+                frames = [f.data for f in self._backlog or () if f.data is not None]
                 self._clear_backlog()
                 if frames:
                     self.sink.write(frames)
@@ -210,7 +212,7 @@ class Outbox:
             self._drainer = None
 
     def _clear_backlog(self) -> None:
-        self._backlog.clear()
+        self._backlog = None
         self._pending.clear()
         self._by_node.clear()
         self._dead = 0
@@ -219,7 +221,7 @@ class Outbox:
         """The subscription ended: its waiting frames will not be sent."""
         self._dropped.add(serial)
         self._pending.pop(serial, None)
-        for frame in self._backlog:
+        for frame in self._backlog or ():
             if frame.serial == serial:
                 frame.data = None
         self._ready = [entry for entry in self._ready if entry[0] != serial]
@@ -235,7 +237,7 @@ class Outbox:
     @property
     def waiting(self) -> int:
         """Frames not yet handed to the socket."""
-        return len(self._ready) + sum(1 for f in self._backlog if f.data is not None)
+        return len(self._ready) + sum(1 for f in self._backlog or () if f.data is not None)
 
 
 class Dispatcher:

@@ -159,6 +159,48 @@ def subscription_request(
     )
 
 
+def selection_key(
+    query: str, operation_name: str | None, variables: dict[str, Any] | None
+) -> tuple[str, str | None, str]:
+    """What makes two subscriptions render alike. Variables as a str: orjson's bytes keep
+    a 4 KiB buffer each, which a long-lived key would hold per subscription."""
+    return query, operation_name, orjson.dumps(variables, option=orjson.OPT_SORT_KEYS).decode()
+
+
+class SelectionCache:
+    """One SubscriptionSelection per distinct (document, variables), shared by every
+    subscription that asks the same (bounded; used on the event loop only).
+
+    A thousand watchers of one project then hold one compiled projection and one copy of
+    the query text between them, not one each."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._cache: OrderedDict[tuple[str, str | None, str], SubscriptionSelection] = OrderedDict()
+
+    def get(
+        self,
+        schema: GraphQLSchema,
+        query: str,
+        document: DocumentNode,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+    ) -> SubscriptionSelection:
+        key = selection_key(query, operation_name, variables)
+        selection = self._cache.get(key)
+        if selection is not None:
+            self._cache.move_to_end(key)
+            return selection
+        selection = SubscriptionSelection(schema, query, document, variables, operation_name)
+        self._cache[key] = selection
+        if len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return selection
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
 class SubscriptionSelection:
     """One distinct (document, variables): renders an event to its `next` payload bytes.
 
@@ -178,7 +220,7 @@ class SubscriptionSelection:
         variables: dict[str, Any] | None,
         operation_name: str | None,
     ) -> None:
-        self.key = (query, operation_name, orjson.dumps(variables, option=orjson.OPT_SORT_KEYS))
+        self.key = selection_key(query, operation_name, variables)
         self.schema = schema
         self.document = document
         self.variables = variables

@@ -36,7 +36,7 @@ from gateway.mailbox import SLOW_CONSUMER_CODE, Dispatcher, Outbox, Subscription
 from gateway.metrics import GatewayMetrics
 from gateway.operations import (
     DocumentCache,
-    SubscriptionSelection,
+    SelectionCache,
     error_dict,
     operation_of,
     subscription_request,
@@ -78,6 +78,7 @@ class Gateway:
         self.schema = schema
         self.config = config or GatewayConfig()
         self.documents = DocumentCache(schema, max_depth=self.config.max_depth)
+        self.selections = SelectionCache()
         self.metrics = GatewayMetrics(
             lambda: services.hub.actor_count, lambda: services.hub.changes_routed
         )
@@ -200,6 +201,11 @@ class Gateway:
         if ws.subprotocol != p.SUBPROTOCOL:
             await ws.close(p.CloseCode.SUBPROTOCOL_NOT_ACCEPTABLE, "Subprotocol not acceptable")
             return
+        # The handshake's headers are not read again: drop them (a few KiB per socket).
+        # websockets checks `request is not None` to know the handshake is done: keep one.
+        if ws.request is not None:
+            ws.request = Request(ws.request.path, Headers())
+        ws.response = None
         connection = Connection(self, ws)
         self.connections.add(connection)
         self.metrics.connections.inc()
@@ -375,7 +381,7 @@ class Connection:
         except GraphQLError as error:
             await self._apply(self.protocol.error(op.id, [error_dict(error)]))
             return
-        selection = SubscriptionSelection(
+        selection = self.gateway.selections.get(
             schema, op.query, document, op.variables, op.operation_name
         )
         mailbox: SubscriptionMailbox

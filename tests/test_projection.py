@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from graphql import parse
 
-from gateway.operations import SubscriptionSelection
+from gateway.operations import SelectionCache, SubscriptionSelection
 from gateway.schema import make_schema
 
 SCHEMA = make_schema()
@@ -88,3 +88,21 @@ def test_documents_it_cannot_compile_fall_back_to_execute() -> None:
     document = "subscription { nodeExecutionStatusChanged(projectId: 1) { nodeId } }"
     selection = SubscriptionSelection(SCHEMA, document, parse(document), {"bad": 1}, None)
     assert selection.render(DATASOURCE_EVENT) == selection.execute(DATASOURCE_EVENT)
+
+
+def test_selection_cache_shares_one_selection_per_document_and_variables() -> None:
+    cache = SelectionCache(size=2)
+    document = DOCUMENTS[0]
+    parsed = parse(document)
+    # Equal texts from different messages are different str objects: still one selection.
+    first = cache.get(SCHEMA, "".join([document]), parsed, {"projectId": 3}, None)
+    again = cache.get(SCHEMA, document[:10] + document[10:], parsed, {"projectId": 3}, None)
+    other = cache.get(SCHEMA, document, parsed, {"projectId": 4}, None)
+    assert again is first
+    assert other is not first and other.key != first.key
+    assert len(cache) == 2
+    # Bounded: the least recently used entry goes; its holders keep their selection.
+    third = cache.get(SCHEMA, document, parsed, {"projectId": 5}, None)
+    assert len(cache) == 2
+    assert third is cache.get(SCHEMA, document, parsed, {"projectId": 5}, None)
+    assert cache.get(SCHEMA, document, parsed, {"projectId": 3}, None) is not first
