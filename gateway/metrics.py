@@ -52,6 +52,7 @@ class GatewayMetrics:
             "Connections closed because a subscriber could not keep up",
             registry=r,
         )
+        self._last_timestamp: tuple[str, float] = ("", 0.0)
         self.delivery_latency = Histogram(
             "planpulse_delivery_latency_seconds",
             "From a state change's timestamp to its frame being written",
@@ -60,11 +61,17 @@ class GatewayMetrics:
         )
 
     def observe_delivery(self, timestamp: str) -> None:
-        """A change was handed to its subscribers' outboxes: how long after it happened."""
-        try:
-            happened = datetime.fromisoformat(timestamp).timestamp()
-        except ValueError:
-            return
+        """A change was handed to its subscribers' outboxes: how long after it happened.
+
+        Called once per change from the actor threads; changes committed together share
+        a timestamp, so the last parse is kept (one tuple, replaced atomically)."""
+        last_text, happened = self._last_timestamp
+        if timestamp != last_text:
+            try:
+                happened = datetime.fromisoformat(timestamp).timestamp()
+            except ValueError:
+                return
+            self._last_timestamp = (timestamp, happened)
         self.events_delivered.inc()
         self.delivery_latency.observe(max(0.0, time.time() - happened))
 

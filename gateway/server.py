@@ -32,6 +32,7 @@ from websockets.typing import Subprotocol
 from gateway import pages
 from gateway import protocol as p
 from gateway.auth import Authenticator, auth_required, origin_allowed
+from gateway.frames import text_frame_header
 from gateway.mailbox import SLOW_CONSUMER_CODE, Dispatcher, Outbox, SubscriptionMailbox
 from gateway.metrics import GatewayMetrics
 from gateway.operations import (
@@ -233,13 +234,20 @@ def _response(status: HTTPStatus, body: bytes | str, content_type: str = "text/p
 
 class SocketSink:
     """An outbox's way to the socket (`gateway.mailbox.FrameSink`), as `websockets.broadcast`
-    writes: frames go through the library's protocol (framing, state) and leave in one
-    transport write, synchronously, with no task or await per frame."""
+    writes: synchronously, all waiting frames in one transport write, no task or await.
+
+    Text frames get their header from gateway/frames.py rather than from a `Frame` object
+    per message (the fan-out's hottest step); the connection must be open, with no
+    extension and no fragmented message in progress, exactly when `send_text` would
+    accept the frame. Anything the library queued itself goes first.
+    """
 
     __slots__ = ("ws",)
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
+        if ws.protocol.extensions:  # compression=None in Gateway.start: never the case
+            raise ValueError("SocketSink frames by hand: WebSocket extensions must be off")
 
     def writable(self) -> bool:
         return self.ws.protocol.state is State.OPEN and not self.ws.paused
@@ -250,13 +258,14 @@ class SocketSink:
     def write(self, frames: list[bytes]) -> None:
         ws = self.ws
         protocol = ws.protocol
-        if protocol.state is not State.OPEN:
+        if protocol.state is not State.OPEN or protocol.expect_continuation_frame:
             return  # closing: the close handshake is the last thing to send
-        send_text = protocol.send_text
+        # Open state: the library's queued chunks (if any) are bytes, no end-of-stream.
+        chunks = protocol.data_to_send()
         for frame in frames:
-            send_text(frame)
-        # Open state: no end-of-stream marker among the chunks, all of them are bytes.
-        ws.transport.writelines(protocol.data_to_send())
+            chunks.append(text_frame_header(len(frame)))
+            chunks.append(frame)
+        ws.transport.write(b"".join(chunks))
 
     async def drained(self) -> None:
         with contextlib.suppress(Exception):  # a lost connection ends the wait too
