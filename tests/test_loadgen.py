@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from actors.loadgen import LoadGenerator
+from actors.state import StateStore
 from gateway.server import GatewayConfig
 from storage import queries
+from storage.db import Database
 from tests.helpers import subscriber_count, wait_until
 from tests.wsclient import RawClient
 
@@ -87,3 +90,38 @@ def test_loadgen_needs_an_admin_token(start_server: Any) -> None:
         await client.close()
 
     asyncio.run(scenario())
+
+
+class CountingBus:
+    """Records what the load generator publishes (the real bus is tested above)."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    def publish(self, message: Any) -> None:
+        self.messages.append(message)
+
+
+def test_start_reuses_what_prepare_made_and_drives_every_project(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    db.create_schema()
+    bus = CountingBus()
+    generator = LoadGenerator(StateStore(db), bus)  # type: ignore[arg-type]
+    try:
+        generator.prepare(5)
+        prepares: list[int] = []
+        original = generator.prepare
+        generator.prepare = lambda n: prepares.append(n) or original(n)  # type: ignore[method-assign]
+        generator.start(5, rate=200, seconds=0.2)  # everything it needs was prepared
+        wait_until(lambda: len(bus.messages) == 40, 10, "40 changes published")
+        assert prepares == []
+        generator.start(7, rate=200, seconds=0.2)  # two projects more: prepared now
+        assert prepares == [7]
+        wait_until(lambda: len(bus.messages) == 80, 10, "80 changes published")
+        with db.read() as s:
+            assert {pid: queries.last_sequence(s, pid) for pid in range(1, 8)} == {
+                pid: len([m for m in bus.messages if m.project_id == pid]) for pid in range(1, 8)
+            }
+    finally:
+        generator.stop()
+        db.dispose()
