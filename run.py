@@ -62,6 +62,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="a project actor with no subscriber and no traffic this long is stopped",
     )
     parser.add_argument(
+        "--actor-threads",
+        type=int,
+        default=env_default("ACTOR_THREADS", 4, int),
+        help="threads shared by all project actors (actors/runtime.py)",
+    )
+    parser.add_argument(
         "--no-executors",
         action="store_true",
         default=env_flag("NO_EXECUTORS"),
@@ -180,6 +186,7 @@ def app_config(args: argparse.Namespace) -> Any:
         executors=not args.no_executors,
         retention=args.retention,
         idle_seconds=args.idle_seconds,
+        actor_threads=args.actor_threads,
         enable_loadgen=args.enable_loadgen,
         bus_url=args.bus_url,
         gateway=GatewayConfig(

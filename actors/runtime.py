@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import queue
 import sys
 import threading
@@ -41,7 +40,7 @@ class ActorThreads:
 
     def __init__(self, size: int) -> None:
         if size < 1:
-            raise ValueError(f"actor threads must be 1 or more, got {size}")
+            raise ValueError(f"actor threads (--actor-threads) must be 1 or more, got {size}")
         self.size = size
         self._queues: list[queue.SimpleQueue[ShardedActor | None]] = []
         self._threads: list[threading.Thread] = []
@@ -109,8 +108,10 @@ class ShardedActor(pykka.Actor):
 
     @classmethod
     def use_threads(cls, size: int) -> None:
-        """Set the number of shared threads; before the first actor starts."""
-        ShardedActor.runtime = ActorThreads(size)
+        """Run actors started from now on on `size` shared threads (a process's setting:
+        actors already running keep their thread)."""
+        if ShardedActor.runtime is None or ShardedActor.runtime.size != size:
+            ShardedActor.runtime = ActorThreads(size)
 
     @staticmethod
     def _create_actor_inbox() -> _Inbox:  # type: ignore[override]
@@ -130,8 +131,7 @@ class ShardedActor(pykka.Actor):
 
     def _start_actor_loop(self) -> None:
         if ShardedActor.runtime is None:
-            threads = int(os.environ.get("PLANPULSE_ACTOR_THREADS", DEFAULT_THREADS))
-            ShardedActor.runtime = ActorThreads(threads)
+            ShardedActor.runtime = ActorThreads(DEFAULT_THREADS)
         self._ready_queue = ShardedActor.runtime.assign()
         inbox = self.actor_inbox
         assert isinstance(inbox, _Inbox)

@@ -17,6 +17,7 @@ from actors.loadgen import LoadGenerator
 from actors.messages import Resync
 from actors.plan import NodeHook
 from actors.redis_bus import RedisBus, bus_from_url
+from actors.runtime import DEFAULT_THREADS, ShardedActor
 from actors.state import DEFAULT_RETENTION, StateStore
 from actors.work_queue import QueueWorker, WorkQueue
 from gateway.schema import Services, make_schema
@@ -33,6 +34,7 @@ class AppConfig:
     executor_workers: int = 2
     retention: int = DEFAULT_RETENTION
     idle_seconds: float = 30.0
+    actor_threads: int = DEFAULT_THREADS  # shared by all project actors
     # None: the in-process bus (one process). redis://…: several gateways and workers;
     # with PostgreSQL, work then goes through the durable queue (actors/work_queue.py).
     bus_url: str | None = None
@@ -45,6 +47,7 @@ class App:
         self, config: AppConfig, bus: Bus | None = None, before_node: NodeHook | None = None
     ) -> None:
         self.config = config
+        ShardedActor.use_threads(config.actor_threads)
         self.db = Database(config.database_url)
         self.db.create_schema()
         self.store = StateStore(self.db, retention=config.retention)

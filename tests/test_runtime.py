@@ -158,5 +158,6 @@ def test_asks_are_answered_after_messages_told_before_them(runtime: ActorThreads
 
 
 def test_runtime_size_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="actor threads must be 1 or more, got 0"):
+    expected = r"actor threads \(--actor-threads\) must be 1 or more, got 0"
+    with pytest.raises(ValueError, match=expected):
         ActorThreads(0)
