@@ -87,9 +87,17 @@ class _Inbox:
 
     def put(self, envelope: Envelope[Any], /) -> None:
         self.envelopes.append(envelope)
+        if self.scheduled:
+            # Its turn is pending or running: the turn's end clears the flag and only then
+            # looks at the envelopes, so this one is seen (no lock on this common path).
+            return
+        self.claim()
+
+    def claim(self) -> None:
+        """Put the actor on its thread's run queue unless someone already did."""
         with self.lock:
             if self.scheduled:
-                return  # the actor's turn will see it: it checks under this lock
+                return
             self.scheduled = True
         assert self.actor is not None
         self.actor._ready_queue.put(self.actor)
@@ -154,11 +162,13 @@ class ShardedActor(pykka.Actor):
         if self.actor_stopped.is_set():
             self._actor_loop_teardown()
             return  # never scheduled again: `tell` refuses a stopped actor
+        if envelopes:
+            self._ready_queue.put(self)  # still scheduled: another turn later
+            return
         with inbox.lock:
-            if not envelopes:
-                inbox.scheduled = False
-                return
-        self._ready_queue.put(self)
+            inbox.scheduled = False
+        if envelopes:  # arrived after the check above, its sender saw `scheduled`
+            inbox.claim()
 
     def _handle_envelope(self, envelope: Envelope[Any]) -> None:
         """One message, with pykka's own failure rules (as `Actor._actor_loop_running`)."""

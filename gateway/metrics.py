@@ -6,7 +6,9 @@ process and read each one's numbers.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
@@ -52,7 +54,8 @@ class GatewayMetrics:
             "Connections closed because a subscriber could not keep up",
             registry=r,
         )
-        self._last_timestamp: tuple[str, float] = ("", 0.0)
+        self._delivered: deque[tuple[str, float]] = deque()  # (timestamp, handed over at)
+        self._observing = threading.Lock()
         self.delivery_latency = Histogram(
             "planpulse_delivery_latency_seconds",
             "From a state change's timestamp to its frame being written",
@@ -63,19 +66,39 @@ class GatewayMetrics:
     def observe_delivery(self, timestamp: str) -> None:
         """A change was handed to its subscribers' outboxes: how long after it happened.
 
-        Called once per change from the actor threads; changes committed together share
-        a timestamp, so the last parse is kept (one tuple, replaced atomically)."""
-        last_text, happened = self._last_timestamp
-        if timestamp != last_text:
+        Called once per change from every actor thread. prometheus-client takes a lock per
+        counter and histogram update, and at tens of thousands of changes a second those
+        locks became a convoy of GIL hand-offs; so this only appends (atomic) and the
+        observations are made in batches, by one thread at a time, and before every scrape.
+        """
+        self._delivered.append((timestamp, time.time()))
+        if len(self._delivered) >= self.OBSERVE_BATCH and self._observing.acquire(False):
             try:
-                happened = datetime.fromisoformat(timestamp).timestamp()
-            except ValueError:
-                return
-            self._last_timestamp = (timestamp, happened)
-        self.events_delivered.inc()
-        self.delivery_latency.observe(max(0.0, time.time() - happened))
+                self._observe_waiting()
+            finally:
+                self._observing.release()
+
+    OBSERVE_BATCH = 512
+
+    def _observe_waiting(self) -> None:
+        waiting = self._delivered
+        last_text, happened = "", 0.0  # changes committed together share a timestamp
+        count = 0
+        for _ in range(len(waiting)):
+            timestamp, seen = waiting.popleft()
+            if timestamp != last_text:
+                try:
+                    happened = datetime.fromisoformat(timestamp).timestamp()
+                except ValueError:
+                    continue
+                last_text = timestamp
+            self.delivery_latency.observe(max(0.0, seen - happened))
+            count += 1
+        self.events_delivered.inc(count)
 
     def render(self) -> bytes:
+        with self._observing:
+            self._observe_waiting()
         return generate_latest(self.registry)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import urllib.error
 import urllib.request
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from gateway.auth import auth_required
+from gateway.metrics import GatewayMetrics
 from gateway.server import GatewayConfig
 from storage import queries
 from tests.helpers import wait_until
@@ -303,3 +305,24 @@ def test_unknown_websocket_path_is_404(server: Any) -> None:
         assert refused.value.response.status_code == 404
 
     run(scenario())
+
+
+def test_delivery_metrics_count_every_change_from_many_threads() -> None:
+    """Observations are batched off the actor threads; a scrape still counts every one."""
+    metrics = GatewayMetrics(lambda: 0, lambda: 0)
+    stamp = "2026-01-01T00:00:00.000Z"
+    per_thread = GatewayMetrics.OBSERVE_BATCH * 3 + 7
+
+    def deliver() -> None:
+        for _ in range(per_thread):
+            metrics.observe_delivery(stamp)
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    metrics.observe_delivery("not a timestamp")  # skipped, not counted
+    text = metrics.render().decode()
+    assert f"planpulse_events_delivered_total {4 * per_thread}.0" in text
+    assert f"planpulse_delivery_latency_seconds_count {4 * per_thread}.0" in text
