@@ -566,3 +566,60 @@ def test_delete_project_removes_children(db: Database) -> None:
             assert owners, model.__name__
             assert set(owners) == {keep}, model.__name__
         assert s.scalars(select(Project.id)).all() == [keep]
+
+
+def test_group_commit_writes_events_sources_and_counters(db: Database) -> None:
+    """record_data_source_states hands rows to the driver itself: check what it wrote
+    through the ORM, on SQLite and on PostgreSQL (JSONB payloads, timestamps)."""
+    first, second = new_project(db, "a"), new_project(db, "b")
+    a, b = new_source(db, first), new_source(db, second)
+    log_event(db, second)  # second already has sequence 1
+    now = datetime(2026, 11, 29, 12, 30, 45, 123456, tzinfo=UTC)
+
+    def state(status: str, done: bool) -> dict[str, object]:
+        return {
+            "dataSourceId": 0,
+            "filename": "f.csv",
+            "status": status,
+            "processedAt": "2026-11-29T12:30:45.123Z" if done else None,
+            "executionState": "completed" if done else "processing",
+            "errorMessage": None,
+        }
+
+    changes = [
+        (first, a, state("processing", False)),
+        (second, b, state("processing", False)),
+        (first, a, state("active", True)),
+    ]
+    with db.write() as s:
+        recorded = queries.record_data_source_states(s, changes, now)
+    assert [(pid, seq, source) for pid, seq, source, _p in recorded] == [
+        (first, 1, a),
+        (second, 2, b),
+        (first, 2, a),
+    ]
+    with db.read() as s:
+        assert queries.last_sequence(s, first) == 2
+        assert queries.last_sequence(s, second) == 2
+        events = s.scalars(
+            select(ExecutionEvent)
+            .where(ExecutionEvent.project_id == first)
+            .order_by(ExecutionEvent.sequence)
+        ).all()
+        assert [e.payload["executionState"] for e in events] == ["processing", "completed"]
+        assert events[1].payload == changes[2][2]
+        assert {e.entity for e in events} == {"datasource"} and events[0].node_id is None
+        assert as_utc(events[0].created_at) == now
+        source_a, source_b = s.get(DataSource, a), s.get(DataSource, b)
+        assert source_a is not None and source_b is not None
+        assert (source_a.status, source_a.execution_state) == ("active", "completed")
+        assert source_a.processed_at is not None
+        assert as_utc(source_a.processed_at) == now
+        assert (source_b.status, source_b.processed_at) == ("processing", None)
+    with db.write() as s, pytest.raises(queries.NotFound, match="project 9999 does not exist"):
+        queries.record_data_source_states(s, [(9999, a, state("active", True))], now)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite gives naive UTC datetimes back, PostgreSQL aware ones in the session's zone."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
