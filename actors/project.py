@@ -162,22 +162,21 @@ class ProjectActor(ShardedActor):
         return node_events(message, self._nodes_of_source, self._node_type)
 
     def _nodes_of_source(self, data_source_id: int) -> tuple[str, ...]:
-        if not self.routes_loaded:
-            self.cache_misses += 1
-            with self.db.read() as s:
-                self._load_routes(s)
-        else:
-            self.cache_hits += 1
+        self._ensure_routes()
         return self.source_nodes.get(data_source_id, ())
 
     def _node_type(self, node_id: str) -> str | None:
-        if not self.routes_loaded:
-            self.cache_misses += 1
-            with self.db.read() as s:
-                self._load_routes(s)
-        else:
-            self.cache_hits += 1
+        self._ensure_routes()
         return self.node_types.get(node_id)
+
+    def _ensure_routes(self) -> None:
+        """A cache hit, or one read of the whole map (after PlanChanged)."""
+        if self.routes_loaded:
+            self.cache_hits += 1
+            return
+        self.cache_misses += 1
+        with self.db.read() as s:
+            self._load_routes(s)
 
     def _load_routes(self, s: Any) -> None:
         """The project's whole node-ID map, in one query."""

@@ -42,17 +42,17 @@ class ActorThreads:
         if size < 1:
             raise ValueError(f"actor threads (--actor-threads) must be 1 or more, got {size}")
         self.size = size
-        self._queues: list[queue.SimpleQueue[ShardedActor | None]] = []
+        self._queues: list[queue.SimpleQueue[ShardedActor]] = []
         self._threads: list[threading.Thread] = []
         self._next = itertools.count()
         self._lock = threading.Lock()
 
-    def assign(self) -> queue.SimpleQueue[ShardedActor | None]:
+    def assign(self) -> queue.SimpleQueue[ShardedActor]:
         """The run queue of the thread a new actor will live on (round robin)."""
         with self._lock:
             if not self._threads:
                 for index in range(self.size):
-                    ready: queue.SimpleQueue[ShardedActor | None] = queue.SimpleQueue()
+                    ready: queue.SimpleQueue[ShardedActor] = queue.SimpleQueue()
                     thread = threading.Thread(
                         target=_run, args=(ready,), name=f"actors-{index}", daemon=True
                     )
@@ -66,8 +66,10 @@ class ActorThreads:
         return list(self._threads)
 
 
-def _run(ready: queue.SimpleQueue[ShardedActor | None]) -> None:
-    while (actor := ready.get()) is not None:
+def _run(ready: queue.SimpleQueue[ShardedActor]) -> None:
+    """An actor thread: runs for the life of the process (a daemon)."""
+    while True:
+        actor = ready.get()
         try:
             actor._take_turn()
         except BaseException:  # noqa: BLE001 - the thread serves other actors too
@@ -135,7 +137,7 @@ class ShardedActor(pykka.Actor):
         assert isinstance(inbox, _Inbox)
         inbox.actor = self
         self._needs_setup = True
-        self._ready_queue: queue.SimpleQueue[ShardedActor | None]
+        self._ready_queue: queue.SimpleQueue[ShardedActor]
 
     def _start_actor_loop(self) -> None:
         if ShardedActor.runtime is None:

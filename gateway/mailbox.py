@@ -148,8 +148,7 @@ class Outbox:
         if not ready or self._closed:
             return
         if self._drainer is None and self.sink.writable():
-            self.sink.write([frame for _serial, _node, frame, _capacity in ready])
-            self._on_written(len(ready))
+            self._write([frame for _serial, _node, frame, _capacity in ready])
             return
         if not self.sink.is_open():
             return  # closing: nothing more will be written
@@ -204,12 +203,15 @@ class Outbox:
                 frames = [f.data for f in self._backlog or () if f.data is not None]
                 self._clear_backlog()
                 if frames:
-                    self.sink.write(frames)
-                    self._on_written(len(frames))
+                    self._write(frames)
                 if self.sink.writable():
                     return
         finally:
             self._drainer = None
+
+    def _write(self, frames: list[bytes]) -> None:
+        self.sink.write(frames)
+        self._on_written(len(frames))
 
     def _clear_backlog(self) -> None:
         self._backlog = None
