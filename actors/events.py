@@ -1,55 +1,37 @@
 """From a state change to the contract's NodeExecutionStatusEvents (pure, no I/O).
 
-Shared by the project actor (which resolves node ids through its cache) and the
-`executionEvents` query (which resolves them from one read of the plan), so an event looks
-the same whether it arrives live, by replay or by query.
+Shared by the project actor (live, replay, snapshot) and the `executionEvents` query, so
+an event looks the same whichever way it arrives. The nodes come from the change itself:
+they were resolved when it was persisted (`StatusChanged.nodes`), never from a plan read
+later.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
-from actors.messages import StatusChanged
-
-NodesOfSource = Callable[[int], Sequence[str]]
-TypeOfNode = Callable[[str], str | None]
+from actors.messages import LoggedChange, StatusChanged
 
 
-def node_events(
-    change: StatusChanged, nodes_of_source: NodesOfSource, type_of_node: TypeOfNode
-) -> list[dict[str, Any]]:
-    """One NodeExecutionStatusEvent per Plan DAG node the change concerns.
+def node_events(change: LoggedChange) -> list[dict[str, Any]]:
+    """One NodeExecutionStatusEvent per Plan DAG node the change names (none for a plan edit).
 
     A data source named by several DataSourceNodes gives one event per node, all with the
-    change's sequence: (sequence, nodeId) identifies an event. A graph whose node has been
-    deleted since gives none: nobody can show its badge.
+    change's sequence: (sequence, nodeId) identifies an event. A graph whose node had been
+    deleted when the change was persisted names no node, so it gives none.
     """
-    if change.entity == "datasource":
-        return [
-            {
-                "projectId": change.project_id,
-                "nodeId": node_id,
-                "nodeType": "DataSourceNode",
-                "datasourceExecution": change.state,
-                "graphExecution": None,
-                "timestamp": change.timestamp,
-                "sequence": change.sequence,
-            }
-            for node_id in nodes_of_source(change.entity_id)
-        ]
-    node_id = change.node_id or ""
-    node_type = type_of_node(node_id)
-    if node_type is None:
+    if not isinstance(change, StatusChanged):
         return []
+    datasource = change.entity == "datasource"
     return [
         {
             "projectId": change.project_id,
             "nodeId": node_id,
             "nodeType": node_type,
-            "datasourceExecution": None,
-            "graphExecution": change.state,
+            "datasourceExecution": change.state if datasource else None,
+            "graphExecution": None if datasource else change.state,
             "timestamp": change.timestamp,
             "sequence": change.sequence,
         }
+        for node_id, node_type in change.nodes
     ]

@@ -82,13 +82,20 @@ class LoadExecutor(pykka.ThreadingActor):
             )
         with self.store.db.write() as s:
             recorded = queries.record_data_source_states(s, changes, now)
-            for project_id, sequence, _source, _payload in recorded:
+            for project_id, sequence, _source, _payload, _nodes in recorded:
                 if sequence % PRUNE_EVERY == 0:
                     queries.prune_events(s, project_id, self.store.retention)
-        messages = [
-            StatusChanged(project_id, sequence, "datasource", source_id, None, payload, stamp)
-            for project_id, sequence, source_id, payload in recorded
-        ]
+        routes: dict[int, tuple[tuple[str, str], ...]] = {}  # one tuple per source per batch
+        messages = []
+        for project_id, sequence, source_id, payload, nodes in recorded:
+            carried = routes.get(source_id)
+            if carried is None:
+                carried = routes[source_id] = tuple((n, kind) for n, kind in nodes)
+            messages.append(
+                StatusChanged(
+                    project_id, sequence, "datasource", source_id, None, payload, stamp, carried
+                )
+            )
         for message in messages:
             self.bus.publish(message)
         self.published += len(messages)

@@ -15,13 +15,18 @@ import orjson
 # --- what executors publish ---------------------------------------------------------------
 
 
+NodeRef = tuple[str, str]  # (Plan DAG node id, node type)
+
+
 @dataclass(frozen=True, slots=True)
 class StatusChanged:
     """An entity's execution state changed; persisted (with `sequence`) before it was sent.
 
     `entity` is "datasource" or "graph"; `state` is the contract's DataSourceExecutionMetadata
-    or GraphExecutionMetadata. The Plan DAG nodes it concerns are resolved by the project
-    actor (a data source may be named by several nodes); `node_id` is set for graphs.
+    or GraphExecutionMetadata. `nodes` are the Plan DAG nodes it concerns, resolved in the
+    transaction that took the sequence and stored with the event (a data source may be
+    named by several nodes): whoever receives it, in any process, delivers to exactly
+    those, with no node-ID map of its own that could be stale. `node_id` is set for graphs.
     """
 
     project_id: int
@@ -31,6 +36,7 @@ class StatusChanged:
     node_id: str | None
     state: dict[str, Any]
     timestamp: str
+    nodes: tuple[NodeRef, ...] = ()
 
     def to_json(self) -> bytes:
         return orjson.dumps({"kind": "status", **_fields(self)})
@@ -38,28 +44,40 @@ class StatusChanged:
 
 @dataclass(frozen=True, slots=True)
 class PlanChanged:
-    """The Plan DAG of a project was edited: node-ID caches must be dropped."""
+    """The Plan DAG of a project was edited; persisted with its `sequence` before it was sent.
+
+    A plan edit takes a sequence of the project like a state change, in the same
+    transaction as the edit, so every process sees edits and state changes in the log's
+    one order. `change` is {"type": "node" | "edge", "operation": "added" | "updated" |
+    "removed", "node" | "edge": ...}. Status subscribers get no event for it: to them its
+    sequence is one that names no node (the actor knows it, so it is not a gap to fill).
+    """
 
     project_id: int
+    sequence: int
+    change: dict[str, Any]
+    timestamp: str
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"kind": "plan", "project_id": self.project_id})
+        return orjson.dumps({"kind": "plan", **_fields(self)})
 
 
 BusMessage = StatusChanged | PlanChanged
+LoggedChange = StatusChanged | PlanChanged  # whatever an event-log row says
 
 
 def bus_message_from_json(data: bytes | str) -> BusMessage:
     raw = orjson.loads(data)
     kind = raw.pop("kind")
     if kind == "status":
+        raw["nodes"] = tuple((node_id, node_type) for node_id, node_type in raw.get("nodes", ()))
         return StatusChanged(**raw)
     if kind == "plan":
         return PlanChanged(**raw)
     raise ValueError(f"unknown bus message kind {kind!r}")
 
 
-def _fields(message: StatusChanged) -> dict[str, Any]:
+def _fields(message: StatusChanged | PlanChanged) -> dict[str, Any]:
     return {name: getattr(message, name) for name in message.__slots__}
 
 

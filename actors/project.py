@@ -1,12 +1,22 @@
 """The ProjectActor: one per project with subscribers or traffic.
 
-It owns the project's subscribers and the node-ID cache, and it is the only place where a
-state change becomes NodeExecutionStatusEvents. It runs on the shared actor threads
-(actors/runtime.py), not on a thread of its own: a process may watch thousands of projects.
-Because it handles one message at a time, ordering is simple: it delivers sequences in
-increasing order, drops duplicates, and fills any gap (a message still in flight from
-another executor, a lost pub/sub message) from the event log before delivering what
-follows.
+It owns the project's subscribers, and it is the only place where a logged change becomes
+frames. It runs on the shared actor threads (actors/runtime.py), not on a thread of its
+own: a process may watch thousands of projects. Because it handles one message at a time,
+ordering is simple: it delivers sequences in increasing order, drops duplicates, and fills
+any gap (a message still in flight from another executor, a lost pub/sub message) from the
+event log before delivering what follows.
+
+Sequences are per project across every kind of change: state changes and Plan DAG edits
+(PlanChanged) share them. A plan edit gives status subscribers nothing, so their stream
+skips its number; the actor received it (or read it from the log), so it is no gap.
+
+No node-ID cache. DESIGN.md gives the actor one (data source → nodes, node → type), to
+resolve a change's nodes when it arrives. Resolving when it arrives is what made history
+change with the plan and let a gateway with a stale map lose events: now a change carries
+its nodes, resolved in the transaction that persisted it (`StatusChanged.nodes`). Routing
+reads them; the snapshot reads the plan in its own consistent transaction, where a cache
+would be a second, possibly older, answer. So there is nothing left for a cache to hold.
 """
 
 from __future__ import annotations
@@ -14,11 +24,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from actors.events import node_events
 from actors.messages import (
     IdleCheck,
+    LoggedChange,
     PlanChanged,
     Resync,
     Selection,
@@ -28,13 +40,15 @@ from actors.messages import (
     Unsubscribe,
 )
 from actors.runtime import ShardedActor
-from actors.state import status_from_row
+from actors.state import message_from_row, status_from_row
 from storage import queries
 from storage.db import Database
 
 log = logging.getLogger(__name__)
 
 REPLAY_PAGE = 1000
+
+Item = tuple[str, int, bytes]  # (node id, sequence, rendered payload)
 
 
 class _Group:
@@ -48,7 +62,7 @@ class _Group:
 
 
 class ProjectActor(ShardedActor):
-    """Turns a project's state changes into frames for its subscribers' mailboxes."""
+    """Turns a project's logged changes into frames for its subscribers' mailboxes."""
 
     def __init__(
         self,
@@ -63,15 +77,7 @@ class ProjectActor(ShardedActor):
         self.db = db
         self.groups: dict[Hashable, _Group] = {}
         self.subscriber_groups: dict[Hashable, Hashable] = {}
-        # node-ID cache: data source id -> DataSourceNode ids naming it; node id -> node type.
-        # Loaded whole, in one query, when a subscriber arrives and after each PlanChanged,
-        # so that no event waits for a database read (a shared actor thread would wait too).
-        self.source_nodes: dict[int, tuple[str, ...]] = {}
-        self.node_types: dict[str, str] = {}
-        self.routes_loaded = False
-        self.route_loads = 0
-        self.cache_hits = 0
-        self.cache_misses = 0
+        self.gap_fills = 0  # reads of the log for missing sequences (not per plan edit)
         self.last_activity = time.monotonic()
         # Read here, in the thread that starts the actor (the hub's, while it routes the
         # first Subscribe), not in on_start: a change committed between the subscribe and
@@ -85,15 +91,13 @@ class ProjectActor(ShardedActor):
         if not isinstance(message, IdleCheck):  # being asked is not traffic
             self.last_activity = time.monotonic()
         if isinstance(message, StatusChanged):
-            self._on_status(message)
+            self._on_change(message)
         elif isinstance(message, Subscribe):
             self._on_subscribe(message)
         elif isinstance(message, Unsubscribe):
             self._remove(message.key)
         elif isinstance(message, PlanChanged):
-            self.source_nodes.clear()
-            self.node_types.clear()
-            self.routes_loaded = False
+            self._on_change(message)
         elif isinstance(message, Resync):
             self._resync()
         elif isinstance(message, IdleCheck):
@@ -109,17 +113,16 @@ class ProjectActor(ShardedActor):
             "subscribers": len(self.subscriber_groups),
             "groups": len(self.groups),
             "last_sequence": self.last_sequence,
-            "cache_hits": self.cache_hits,
-            "cache_misses": self.cache_misses,
-            "route_loads": self.route_loads,
+            "gap_fills": self.gap_fills,
         }
 
     def _is_idle(self, idle_seconds: float) -> bool:
         return not self.subscriber_groups and time.monotonic() - self.last_activity >= idle_seconds
 
-    # --- state changes ----------------------------------------------------------------
+    # --- logged changes ---------------------------------------------------------------
 
-    def _on_status(self, message: StatusChanged) -> None:
+    def _on_change(self, message: LoggedChange) -> None:
+        """A state change or a plan edit: both take their place in the one sequence."""
         if message.sequence <= self.last_sequence:
             return  # already delivered (a duplicate, or older than this actor's start)
         if not self.groups:
@@ -136,14 +139,19 @@ class ProjectActor(ShardedActor):
             self._fill_gap(upto=committed)
 
     def _fill_gap(self, upto: int) -> None:
+        """Deliver what the log holds after the last delivered sequence, up to `upto`."""
+        if not self.groups:  # nobody to deliver to: nothing to read
+            self.last_sequence = max(self.last_sequence, upto)
+            return
+        self.gap_fills += 1
         with self.db.read() as s:
             rows = queries.events_after(s, self.project_id, self.last_sequence, upto=upto)
-            missing = [status_from_row(row) for row in rows]
+            missing = [message_from_row(row) for row in rows]
         for message in missing:
             self._publish(message)
         self.last_sequence = max(self.last_sequence, upto)
 
-    def _publish(self, message: StatusChanged) -> None:
+    def _publish(self, message: LoggedChange) -> None:
         events = self.events_for(message)
         self.last_sequence = message.sequence
         if not events:
@@ -155,36 +163,12 @@ class ProjectActor(ShardedActor):
             ]
             for subscriber in list(group.subscribers.values()):
                 subscriber.deliver(items)
-        if self.on_delivered is not None:
+        if self.on_delivered is not None and isinstance(message, StatusChanged):
             self.on_delivered(message.timestamp)
 
-    def events_for(self, message: StatusChanged) -> list[dict[str, Any]]:
-        return node_events(message, self._nodes_of_source, self._node_type)
-
-    def _nodes_of_source(self, data_source_id: int) -> tuple[str, ...]:
-        self._ensure_routes()
-        return self.source_nodes.get(data_source_id, ())
-
-    def _node_type(self, node_id: str) -> str | None:
-        self._ensure_routes()
-        return self.node_types.get(node_id)
-
-    def _ensure_routes(self) -> None:
-        """A cache hit, or one read of the whole map (after PlanChanged)."""
-        if self.routes_loaded:
-            self.cache_hits += 1
-            return
-        self.cache_misses += 1
-        with self.db.read() as s:
-            self._load_routes(s)
-
-    def _load_routes(self, s: Any) -> None:
-        """The project's whole node-ID map, in one query."""
-        by_source, types = queries.node_routes(s, self.project_id)
-        self.source_nodes = {source: tuple(ids) for source, ids in by_source.items()}
-        self.node_types = types
-        self.routes_loaded = True
-        self.route_loads += 1
+    def events_for(self, message: LoggedChange) -> list[dict[str, Any]]:
+        """The NodeExecutionStatusEvents of a change: from the nodes it carries."""
+        return node_events(message)
 
     # --- subscribers ------------------------------------------------------------------
 
@@ -203,45 +187,56 @@ class ProjectActor(ShardedActor):
         group.subscribers[subscriber.key] = subscriber
         self.subscriber_groups[subscriber.key] = subscriber.selection.key
 
-    def _catch_up(self, message: Subscribe) -> Iterable[Sequence[tuple[str, int, bytes]]]:
-        """What a new subscriber must get before live events: snapshot and/or replay."""
+    def _catch_up(self, message: Subscribe) -> Iterable[Sequence[Item]]:
+        """What a new subscriber gets before live events, all from one consistent read.
+
+        The read's last sequence is the stamp S. For a replay or a snapshot, everything up
+        to S that this actor has not delivered yet (in flight, or lost by the bus) is
+        delivered to the current subscribers first, so that live delivery, for everyone,
+        continues exactly after S. Then the newcomer gets, up to S:
+
+        * `afterSequence: n` while the log still holds everything after n: the replay of
+          (n, S], with or without `snapshot` (the client has the state up to n);
+        * `snapshot: true` without `afterSequence`, or with one the log has dropped: the
+          latest logged state of every node up to S, each item with its own sequence,
+          in sequence order;
+        * `afterSequence` the log has dropped, without `snapshot`: RESUME_TOO_OLD;
+        * neither: nothing; it is live from the last sequence this actor delivered.
+
+        Either way sequences never go down, and no node's state goes backwards.
+        """
         selection = message.subscriber.selection
         after = message.after_sequence
-        with self.db.read() as s:
+        with self.db.consistent_read() as s:
             if queries.get_project(s, self.project_id) is None:
                 raise _Refused(
                     f"project {self.project_id} does not exist",
                     code="PROJECT_NOT_FOUND",
                 )
-            committed = queries.last_sequence(s, self.project_id)
-            if not self.routes_loaded:
-                self._load_routes(s)
-            if after is not None and self.last_sequence < after <= committed:
-                # The client has seen events this actor has not received yet (in flight,
-                # or lost by the bus): catch everyone up from the log first.
-                self._fill_gap(upto=committed)
-            upto = self.last_sequence
-            pages: list[list[tuple[str, int, bytes]]] = []
-            if message.snapshot:
-                pages.append(self._snapshot(s, selection, upto))
+            stamp = queries.last_sequence(s, self.project_id)
             if after is not None:
-                self._check_resumable(s, after, upto, committed)
-                cursor = after
-                while cursor < upto:
-                    rows = queries.events_after(s, self.project_id, cursor, REPLAY_PAGE, upto)
-                    if not rows:
-                        break
-                    page = []
-                    for row in rows:
-                        for event in self.events_for(status_from_row(row)):
-                            page.append(
-                                (event["nodeId"], event["sequence"], selection.render(event))
-                            )
-                    pages.append(page)
-                    cursor = rows[-1].sequence
-        return pages
+                self._check_after(after, stamp)
+            if (after is not None or message.snapshot) and stamp > self.last_sequence:
+                self._fill_gap(upto=stamp)
+            if after is not None:
+                oldest = queries.oldest_retained_sequence(s, self.project_id)
+                if after >= stamp or (oldest is not None and oldest <= after + 1):
+                    return self._replay(s, selection, after, stamp)
+                if not message.snapshot:
+                    raise _Refused(
+                        f"events after sequence {after} of project {self.project_id} are no "
+                        f"longer in the event log (its retention limit has dropped "
+                        f"everything before sequence "
+                        f"{oldest if oldest is not None else stamp + 1}): resubscribe with "
+                        f"snapshot: true to get the current state",
+                        code="RESUME_TOO_OLD",
+                        oldest=oldest,
+                    )
+            if message.snapshot:
+                return [self._snapshot(s, selection, stamp)]
+        return []
 
-    def _check_resumable(self, s: Any, after: int, upto: int, committed: int) -> None:
+    def _check_after(self, after: int, committed: int) -> None:
         if after < 0:
             raise _Refused(
                 f"afterSequence must be 0 or more, got {after}", code="BAD_AFTER_SEQUENCE"
@@ -253,51 +248,80 @@ class ProjectActor(ShardedActor):
                 "snapshot: true",
                 code="BAD_AFTER_SEQUENCE",
             )
-        if after >= upto:
-            return
-        oldest = queries.oldest_retained_sequence(s, self.project_id)
-        if oldest is None or oldest > after + 1:
-            raise _Refused(
-                f"events after sequence {after} of project {self.project_id} are no longer in "
-                f"the event log (its retention limit has dropped everything before sequence "
-                f"{oldest if oldest is not None else upto + 1}): resubscribe with "
-                f"snapshot: true to get the current state",
-                code="RESUME_TOO_OLD",
-                oldest=oldest,
-            )
 
-    def _snapshot(self, s: Any, selection: Selection, as_of: int) -> list[tuple[str, int, bytes]]:
-        """The current state of every node that has one, stamped with `as_of`."""
-        items: list[tuple[str, int, bytes]] = []
+    def _replay(self, s: Any, selection: Selection, after: int, upto: int) -> list[list[Item]]:
+        """The logged state changes in (after, upto], one query per page."""
+        pages: list[list[Item]] = []
+        cursor = after
+        while cursor < upto:
+            rows = queries.events_after(
+                s, self.project_id, cursor, REPLAY_PAGE, upto, status_only=True
+            )
+            if not rows:
+                break
+            page = []
+            for row in rows:
+                for event in node_events(status_from_row(row)):
+                    page.append((event["nodeId"], event["sequence"], selection.render(event)))
+            pages.append(page)
+            cursor = rows[-1].sequence
+        return pages
+
+    def _snapshot(self, s: Any, selection: Selection, stamp: int) -> list[Item]:
+        """The latest logged state of every node of the plan, as of `stamp`.
+
+        A node's state is its entity's latest logged change (a data source's, or its
+        graph's), which names every node that names the entity at that sequence: a plan
+        edit that makes a node name a data source logs the source's state again
+        (StateStore.plan_edit). A node that no logged change names has no state yet and
+        is left out. Where the retention limit dropped an entity's every change, its row
+        (kept in step with the log) says its state, as of the oldest sequence still held.
+        """
+        latest = queries.latest_status_events(s, self.project_id, stamp)
+        oldest = queries.oldest_retained_sequence(s, self.project_id)
+        trimmed_before = oldest if oldest is not None and oldest > 1 else None
+        sources = {d.id: d for d in queries.list_data_sources(s, self.project_id)}
+        graphs = {g.node_id: g for g in queries.list_graphs(s, self.project_id)}
         changes: list[StatusChanged] = []
-        for source in queries.list_data_sources(s, self.project_id):
-            changes.append(
-                StatusChanged(
-                    self.project_id,
-                    as_of,
-                    "datasource",
-                    source.id,
-                    None,
-                    queries.data_source_payload(source),
-                    queries.rfc3339(source.updated_at) or "",
-                )
-            )
-        for graph in queries.list_graphs(s, self.project_id):
-            changes.append(
-                StatusChanged(
-                    self.project_id,
-                    as_of,
-                    "graph",
-                    graph.id,
-                    graph.node_id,
-                    queries.graph_payload(graph),
-                    queries.rfc3339(graph.updated_at) or "",
-                )
-            )
+        for node in queries.list_nodes(s, self.project_id):
+            config = node.config if isinstance(node.config, dict) else {}
+            source = sources.get(config.get("dataSourceId"))  # type: ignore[arg-type]
+            graph = graphs.get(node.id)
+            if node.node_type == "DataSourceNode" and source is not None:
+                key, entity_row = ("datasource", source.id), source
+            elif node.node_type != "DataSourceNode" and graph is not None:
+                key, entity_row = ("graph", graph.id), graph
+            else:
+                continue
+            row = latest.get(key)
+            if row is not None:
+                if any(node_id == node.id for node_id, _type in row.nodes or ()):
+                    change = status_from_row(row)
+                    changes.append(replace(change, nodes=((node.id, node.node_type),)))
+            elif trimmed_before is not None:
+                changes.append(self._from_entity_row(key[0], entity_row, trimmed_before - 1, node))
+        changes.sort(key=lambda change: (change.sequence, change.nodes[0][0]))
+        items: list[Item] = []
         for change in changes:
-            for event in self.events_for(change):
+            for event in node_events(change):
                 items.append((event["nodeId"], event["sequence"], selection.render(event)))
         return items
+
+    def _from_entity_row(self, entity: str, row: Any, sequence: int, node: Any) -> StatusChanged:
+        if entity == "datasource":
+            payload = queries.data_source_payload(row)
+        else:
+            payload = queries.graph_payload(row)
+        return StatusChanged(
+            self.project_id,
+            sequence,
+            entity,
+            row.id,
+            None if entity == "datasource" else node.id,
+            payload,
+            queries.rfc3339(row.updated_at) or "",
+            ((node.id, node.node_type),),
+        )
 
     def _remove(self, key: Hashable) -> None:
         group_key = self.subscriber_groups.pop(key, None)

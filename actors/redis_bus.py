@@ -12,7 +12,7 @@ because every message was persisted with its sequence number before it was publi
   fill the gap from the event log before delivering it (actors/project.py);
 * after every (re)connect the listener waits until its subscriptions are confirmed, then
   asks every project actor to catch up to the database's last sequence (a lost message
-  with nothing after it), after dropping their node-ID caches (a lost PlanChanged);
+  with nothing after it; a lost PlanChanged is a sequence like any other);
 * when a project has been quiet for `settle_seconds` after a message, and every
   `sweep_seconds` for all projects, the same catch-up runs: it covers a message the
   *publisher* failed to send while this gateway stayed connected.
@@ -40,7 +40,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from actors.bus import Bus, Deliver, InProcessBus
-from actors.messages import BusMessage, PlanChanged, bus_message_from_json
+from actors.messages import BusMessage, bus_message_from_json
 
 log = logging.getLogger(__name__)
 
@@ -268,12 +268,10 @@ class RedisBus:
         log.info("redis bus: the client library reconnected; catching up from the event log")
 
     def _begin_catch_up(self, channels: list[Any], watched: set[int]) -> None:
-        """After a (re)connect: drop node-ID caches (a PlanChanged may have been lost),
-        then, once every subscription is confirmed, catch up every actor."""
-        deliver = self._deliver
-        if deliver is not None:
-            for project_id in watched:
-                deliver(PlanChanged(project_id))
+        """After a (re)connect: once every subscription is confirmed, catch up every actor.
+
+        Nothing else to do: messages carry their resolved nodes, so no actor holds a map
+        that a lost plan edit could have left stale."""
         self._awaiting = {_text(channel) for channel in channels}
 
     def _apply_commands(self, pubsub: Any) -> None:

@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from actors.messages import StatusChanged
+from actors.messages import LoggedChange, PlanChanged, StatusChanged
 from storage import queries
 from storage.db import Database
-from storage.models import DataSource, ExecutionEvent, Graph, utcnow
+from storage.models import PLAN_ENTITY, DataSource, ExecutionEvent, Graph, PlanDagNode, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ INTERRUPTED = "interrupted by a restart: run the node again"
 
 
 def status_from_row(row: ExecutionEvent) -> StatusChanged:
-    """An event-log row as the message that was (or would have been) published for it."""
+    """A state-change row as the message that was (or would have been) published for it."""
     return StatusChanged(
         project_id=row.project_id,
         sequence=row.sequence,
@@ -36,7 +36,20 @@ def status_from_row(row: ExecutionEvent) -> StatusChanged:
         node_id=row.node_id,
         state=row.payload,
         timestamp=queries.rfc3339(row.created_at) or "",
+        nodes=tuple((node_id, node_type) for node_id, node_type in row.nodes or ()),
     )
+
+
+def message_from_row(row: ExecutionEvent) -> LoggedChange:
+    """Any event-log row as its message: a state change, or a plan edit."""
+    if row.entity == PLAN_ENTITY:
+        return PlanChanged(
+            project_id=row.project_id,
+            sequence=row.sequence,
+            change=row.payload,
+            timestamp=queries.rfc3339(row.created_at) or "",
+        )
+    return status_from_row(row)
 
 
 def set_source_state(
@@ -128,6 +141,34 @@ class StateStore:
             row = self._log(s, project_id, "graph", graph.id, node_id, queries.graph_payload(graph))
             return status_from_row(row)
 
+    # --- plan edits ---------------------------------------------------------------------
+
+    def plan_edit(
+        self,
+        s: Session,
+        project_id: int,
+        change: dict[str, Any],
+        *,
+        names_source_of: PlanDagNode | None = None,
+    ) -> list[LoggedChange]:
+        """Log a plan edit in the caller's transaction, the one that made it.
+
+        `names_source_of` is a node the edit made (or may have made) name a data source:
+        that source's current state is logged again right after the edit, naming every node
+        that names it now. The new node gets its badge, live and in the log, and the latest
+        logged change of every data source names all of its nodes (the snapshot relies on
+        it). Returns the messages to publish after commit, in sequence order.
+        """
+        node_id = change["node"]["id"] if change["type"] == "node" else None
+        logged = [self._log(s, project_id, PLAN_ENTITY, 0, node_id, change)]
+        source_id = _named_source(names_source_of)
+        if source_id is not None:
+            source = s.get(DataSource, source_id)
+            if source is not None and source.project_id == project_id:
+                payload = queries.data_source_payload(source)
+                logged.append(self._log(s, project_id, "datasource", source.id, None, payload))
+        return [message_from_row(row) for row in logged]
+
     # --- the log ------------------------------------------------------------------------
 
     def _log(
@@ -178,3 +219,10 @@ class StateStore:
         if changes:
             log.warning("marked %d interrupted executions as error", len(changes))
         return changes
+
+
+def _named_source(node: PlanDagNode | None) -> int | None:
+    if node is None or node.node_type != "DataSourceNode" or not isinstance(node.config, dict):
+        return None
+    source_id = node.config.get("dataSourceId")
+    return source_id if isinstance(source_id, int) and not isinstance(source_id, bool) else None

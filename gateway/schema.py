@@ -21,7 +21,7 @@ from actors.events import node_events
 from actors.executors import WorkSink
 from actors.hub import Hub
 from actors.loadgen import LoadGenerator
-from actors.messages import PlanChanged
+from actors.messages import LoggedChange
 from actors.plan import PlanRefused
 from actors.state import StateStore, status_from_row
 from storage import queries
@@ -140,8 +140,10 @@ def node_execution_states(s: Any, project_id: int, nodes: list[PlanDagNode]) -> 
     return states
 
 
-def _plan_changed(ctx: RequestContext, project_id: int) -> None:
-    ctx.services.bus.publish(PlanChanged(project_id))
+def _publish(ctx: RequestContext, logged: list[LoggedChange]) -> None:
+    """After commit: the plan edit (and what it logged with it), in sequence order."""
+    for message in logged:
+        ctx.services.bus.publish(message)
 
 
 def _node_fields(node: dict[str, Any]) -> dict[str, Any]:
@@ -219,11 +221,10 @@ def resolve_execution_events(
         raise GraphQLError(f"limit must be between 1 and {MAX_EVENTS_PAGE}, got {limit}")
     with ctx.services.db.read() as s:
         queries.require_project(s, projectId)
-        rows = queries.events_after(s, projectId, afterSequence or 0, limit)
-        by_source, types = queries.node_routes(s, projectId)
+        rows = queries.events_after(s, projectId, afterSequence or 0, limit, status_only=True)
     events: list[dict[str, Any]] = []
     for row in rows:
-        events.extend(node_events(status_from_row(row), lambda i: by_source.get(i, ()), types.get))
+        events.extend(node_events(status_from_row(row)))
     return events
 
 
@@ -247,10 +248,7 @@ def resolve_delete_project(_root: Any, info: GraphQLResolveInfo, id: int) -> boo
     ctx = _ctx(info)
     ctx.check_project(id)
     with ctx.services.db.write() as s:
-        deleted = queries.delete_project(s, id)
-    if deleted:
-        _plan_changed(ctx, id)
-    return deleted
+        return queries.delete_project(s, id)
 
 
 def resolve_add_node(
@@ -258,10 +256,13 @@ def resolve_add_node(
 ) -> dict[str, Any]:
     ctx = _ctx(info)
     ctx.check_project(projectId)
+    store = ctx.services.store
     with ctx.services.db.write() as s:
         row = queries.add_node(s, projectId, node_id=node.get("id"), **_node_fields(node))
+        change = queries.node_change("added", row)
+        logged = store.plan_edit(s, projectId, change, names_source_of=row)
         result = node_dict(row, node_execution_states(s, projectId, [row])[row.id])
-    _plan_changed(ctx, projectId)
+    _publish(ctx, logged)
     return result
 
 
@@ -270,21 +271,33 @@ def resolve_update_node(
 ) -> dict[str, Any]:
     ctx = _ctx(info)
     ctx.check_project(projectId)
+    store = ctx.services.store
     with ctx.services.db.write() as s:
         row = queries.update_node(s, projectId, nodeId, **_node_fields(node))
+        change = queries.node_change("updated", row)
+        logged = store.plan_edit(s, projectId, change, names_source_of=row)
         result = node_dict(row, node_execution_states(s, projectId, [row])[row.id])
-    _plan_changed(ctx, projectId)
+    _publish(ctx, logged)
     return result
 
 
 def resolve_delete_node(_root: Any, info: GraphQLResolveInfo, projectId: int, nodeId: str) -> bool:
     ctx = _ctx(info)
     ctx.check_project(projectId)
+    store = ctx.services.store
+    logged: list[LoggedChange] = []
     with ctx.services.db.write() as s:
-        deleted = queries.delete_node(s, projectId, nodeId)
-    if deleted:
-        _plan_changed(ctx, projectId)
-    return deleted
+        row = queries.get_node(s, projectId, nodeId)
+        if row is None:
+            return False
+        # Its edges go with it: each removal is an edit of its own, before the node's.
+        for edge in queries.edges_of_node(s, projectId, nodeId):
+            logged += store.plan_edit(s, projectId, queries.edge_change("removed", edge))
+        change = queries.node_change("removed", row)
+        queries.delete_node(s, projectId, nodeId)
+        logged += store.plan_edit(s, projectId, change)
+    _publish(ctx, logged)
+    return True
 
 
 def resolve_add_edge(
@@ -301,8 +314,9 @@ def resolve_add_edge(
             edge_id=edge.get("id"),
             metadata=edge.get("metadata"),
         )
+        logged = ctx.services.store.plan_edit(s, projectId, queries.edge_change("added", row))
         result = edge_dict(row)
-    _plan_changed(ctx, projectId)
+    _publish(ctx, logged)
     return result
 
 
@@ -310,10 +324,14 @@ def resolve_delete_edge(_root: Any, info: GraphQLResolveInfo, projectId: int, ed
     ctx = _ctx(info)
     ctx.check_project(projectId)
     with ctx.services.db.write() as s:
-        deleted = queries.delete_edge(s, projectId, edgeId)
-    if deleted:
-        _plan_changed(ctx, projectId)
-    return deleted
+        row = s.get(PlanDagEdge, (projectId, edgeId))
+        if row is None:
+            return False
+        change = queries.edge_change("removed", row)
+        queries.delete_edge(s, projectId, edgeId)
+        logged = ctx.services.store.plan_edit(s, projectId, change)
+    _publish(ctx, logged)
+    return True
 
 
 def _work(ctx: RequestContext) -> WorkSink:
@@ -338,7 +356,7 @@ def resolve_create_data_source(
     except processing.ProcessingError as error:
         raise GraphQLError(str(error), extensions={"code": "BAD_USER_INPUT"}) from error
     with ctx.services.db.write() as s:
-        source, _node = queries.create_data_source(
+        source, node = queries.create_data_source(
             s,
             project_id,
             name=input["name"],
@@ -347,8 +365,11 @@ def resolve_create_data_source(
             data_type=input["dataType"],
             content=input["content"],
         )
+        # A new source has no state to announce: its first change will name the node.
+        assert node is not None
+        logged = ctx.services.store.plan_edit(s, project_id, queries.node_change("added", node))
         result = data_source_dict(source)
-    _plan_changed(ctx, project_id)
+    _publish(ctx, logged)
     work.process_data_source(result["id"])
     return result
 

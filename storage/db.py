@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.migrate import upgrade
 from storage.models import Base
 
 DEFAULT_DATABASE_URL = "sqlite:///planpulse.db"
@@ -37,6 +38,16 @@ class Database:
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(
             self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False
+        )
+        # One snapshot for the whole transaction (PostgreSQL's default, READ COMMITTED,
+        # takes one per statement). SQLite's read transaction is one snapshot already.
+        self._consistent = (
+            self._reader
+            if self.is_sqlite
+            else sessionmaker(
+                self.engine.execution_options(isolation_level="REPEATABLE READ"),
+                expire_on_commit=False,
+            )
         )
 
     @staticmethod
@@ -71,11 +82,18 @@ class Database:
 
     def create_schema(self) -> None:
         Base.metadata.create_all(self.engine)
+        upgrade(self.engine)  # a database made by an earlier version: add what it lacks
 
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A read-only transaction (rolled back at the end)."""
         with self._reader() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def consistent_read(self) -> Iterator[Session]:
+        """A read-only transaction whose every query sees the same committed state."""
+        with self._consistent() as session, session.begin():
             yield session
 
     @contextmanager

@@ -29,6 +29,9 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 EXECUTION_STATES = ("not_started", "pending", "processing", "completed", "error")
 DATA_SOURCE_STATUSES = ("processing", "active", "error")
+# The kinds of event-log rows: execution-state changes of an entity, and Plan DAG edits.
+STATUS_ENTITIES = ("datasource", "graph")
+PLAN_ENTITY = "plan"
 NODE_TYPES = (
     "DataSourceNode",
     "GraphNode",
@@ -153,12 +156,19 @@ class Graph(Base):
 
 
 class ExecutionEvent(Base):
-    """One persisted state change: the source of replay (`afterSequence`) and snapshots.
+    """One persisted change of a project: the source of replay (`afterSequence`), snapshots
+    and the `executionEvents` query.
 
-    One row per state change of an entity (a data source or a graph), with the project's
-    next sequence number. The Plan DAG node ids it concerns are resolved when it is
-    delivered (a data source may be named by several nodes), so the row keeps the entity,
-    not the nodes; `node_id` is set for graphs, whose node is fixed.
+    Every change of a project takes the project's next sequence, whatever its kind:
+    `entity` "datasource" or "graph" is an execution-state change of that entity (`payload`
+    is its DataSourceExecutionMetadata or GraphExecutionMetadata); "plan" is a Plan DAG edit
+    (`payload` says which node or edge, and how).
+
+    `nodes` is the resolution of a state change: the Plan DAG nodes it concerns, as
+    [node id, node type] pairs, read from the plan inside the transaction that took the
+    sequence, so it is the plan as of that sequence. It is stored, never re-derived: live
+    delivery, replay, snapshots and the query all read it, and a later plan edit cannot
+    rewrite history. `node_id` is the graph's node for graphs (fixed), None otherwise.
     """
 
     __tablename__ = "execution_events"
@@ -167,10 +177,11 @@ class ExecutionEvent(Base):
         ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
     )
     sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
-    entity: Mapped[str] = mapped_column(String(20))  # "datasource" | "graph"
+    entity: Mapped[str] = mapped_column(String(20))  # "datasource" | "graph" | "plan"
     entity_id: Mapped[int] = mapped_column(Integer)
     node_id: Mapped[str | None] = mapped_column(String(200))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    nodes: Mapped[list[Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (Index("ix_execution_events_entity", "project_id", "entity", "entity_id"),)

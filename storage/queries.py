@@ -16,12 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import DateTime, delete, func, select, update
+from sqlalchemy import DateTime, and_, delete, func, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from storage.models import (
     NODE_TYPES,
+    PLAN_ENTITY,
+    STATUS_ENTITIES,
     ApiToken,
     DataSource,
     ExecutionEvent,
@@ -230,7 +232,7 @@ def data_source_node_ids(s: Session, project_id: int, data_source_id: int) -> li
     """Every DataSourceNode of the project whose config names the data source.
 
     Read in Python rather than with a JSON path expression so that it is the same query on
-    SQLite and PostgreSQL. (Project actors load the whole map at once: `node_routes`.)
+    SQLite and PostgreSQL.
     """
     return sorted(
         node_id
@@ -245,7 +247,11 @@ def data_source_node_ids(s: Session, project_id: int, data_source_id: int) -> li
 
 
 def node_routes(s: Session, project_id: int) -> tuple[dict[int, list[str]], dict[str, str]]:
-    """The whole node-ID map of a project: data source id → node ids, node id → node type."""
+    """The whole node-ID map of a project: data source id → node ids, node id → node type.
+
+    The plan as it is now: for a one-off resolution of rows that were logged without theirs
+    (storage/migrate.py), never for reading history.
+    """
     by_source: dict[int, list[str]] = {}
     types: dict[str, str] = {}
     for node_id, node_type, config in s.execute(
@@ -261,6 +267,70 @@ def node_routes(s: Session, project_id: int) -> tuple[dict[int, list[str]], dict
     for ids in by_source.values():
         ids.sort()
     return by_source, types
+
+
+def resolve_nodes(
+    s: Session, project_id: int, entity: str, entity_id: int, node_id: str | None
+) -> list[list[str]]:
+    """The Plan DAG nodes a state change concerns now, as [node id, node type] pairs.
+
+    A data source: every DataSourceNode naming it (sorted). A graph: its node, unless that
+    node has been deleted (then nobody can show its badge: no node).
+    """
+    if entity == "datasource":
+        return [[n, "DataSourceNode"] for n in data_source_node_ids(s, project_id, entity_id)]
+    if node_id is None:
+        return []
+    node_type = s.scalar(
+        select(PlanDagNode.node_type).where(
+            PlanDagNode.project_id == project_id, PlanDagNode.id == node_id
+        )
+    )
+    return [[node_id, node_type]] if node_type is not None else []
+
+
+def plan_node_payload(node: PlanDagNode) -> dict[str, Any]:
+    """A Plan DAG node as a plan-edit event carries it."""
+    return {
+        "id": node.id,
+        "nodeType": node.node_type,
+        "config": node.config,
+        "metadata": node.node_metadata,
+        "positionX": node.position_x,
+        "positionY": node.position_y,
+    }
+
+
+def plan_edge_payload(edge: PlanDagEdge) -> dict[str, Any]:
+    """A Plan DAG edge as a plan-edit event carries it."""
+    return {
+        "id": edge.id,
+        "source": edge.source,
+        "target": edge.target,
+        "metadata": edge.edge_metadata,
+    }
+
+
+def node_change(operation: str, node: PlanDagNode) -> dict[str, Any]:
+    """The payload of a plan-edit event on a node: operation "added", "updated", "removed"."""
+    return {"type": "node", "operation": operation, "node": plan_node_payload(node)}
+
+
+def edge_change(operation: str, edge: PlanDagEdge) -> dict[str, Any]:
+    """The payload of a plan-edit event on an edge: operation "added" or "removed"."""
+    return {"type": "edge", "operation": operation, "edge": plan_edge_payload(edge)}
+
+
+def edges_of_node(s: Session, project_id: int, node_id: str) -> Sequence[PlanDagEdge]:
+    """The edges into and out of a node (removed with it)."""
+    return s.scalars(
+        select(PlanDagEdge)
+        .where(
+            PlanDagEdge.project_id == project_id,
+            (PlanDagEdge.source == node_id) | (PlanDagEdge.target == node_id),
+        )
+        .order_by(PlanDagEdge.id)
+    ).all()
 
 
 # --- data sources -------------------------------------------------------------------------
@@ -395,13 +465,25 @@ def record_event(
     payload: dict[str, Any],
     now: datetime | None = None,
 ) -> ExecutionEvent:
+    """Log one change with the project's next sequence; a state change with its nodes.
+
+    The nodes are resolved after the sequence is taken: from then on this transaction holds
+    the project row's lock (SQLite: the write lock), so every plan edit with a smaller
+    sequence has committed (and PostgreSQL's next statement sees it) and none with a larger
+    one has. The resolution is the plan as of this very sequence, in every process.
+    """
+    sequence = next_sequence(s, project_id)
+    nodes = (
+        None if entity == PLAN_ENTITY else resolve_nodes(s, project_id, entity, entity_id, node_id)
+    )
     row = ExecutionEvent(
         project_id=project_id,
-        sequence=next_sequence(s, project_id),
+        sequence=sequence,
         entity=entity,
         entity_id=entity_id,
         node_id=node_id,
         payload=payload,
+        nodes=nodes,
         created_at=now or utcnow(),
     )
     s.add(row)
@@ -414,17 +496,61 @@ def last_sequence(s: Session, project_id: int) -> int:
 
 
 def events_after(
-    s: Session, project_id: int, after: int, limit: int | None = None, upto: int | None = None
+    s: Session,
+    project_id: int,
+    after: int,
+    limit: int | None = None,
+    upto: int | None = None,
+    *,
+    status_only: bool = False,
 ) -> Sequence[ExecutionEvent]:
+    """Logged changes after `after` (up to `upto`), in sequence order, one query.
+
+    `status_only` leaves out plan edits (so that `limit` counts state changes, and a page
+    of a status stream is never empty while more follow).
+    """
     stmt = select(ExecutionEvent).where(
         ExecutionEvent.project_id == project_id, ExecutionEvent.sequence > after
     )
     if upto is not None:
         stmt = stmt.where(ExecutionEvent.sequence <= upto)
+    if status_only:
+        stmt = stmt.where(ExecutionEvent.entity.in_(STATUS_ENTITIES))
     stmt = stmt.order_by(ExecutionEvent.sequence)
     if limit is not None:
         stmt = stmt.limit(limit)
     return s.scalars(stmt).all()
+
+
+def latest_status_events(
+    s: Session, project_id: int, upto: int
+) -> dict[tuple[str, int], ExecutionEvent]:
+    """Each entity's latest logged state change up to `upto`: (entity, entity id) → row.
+
+    One query (a GROUP BY joined back to the rows). The snapshot's source: since a change's
+    nodes are every node naming the entity at that sequence, the latest change of an entity
+    names every node that names it still.
+    """
+    latest = (
+        select(func.max(ExecutionEvent.sequence).label("sequence"))
+        .where(
+            ExecutionEvent.project_id == project_id,
+            ExecutionEvent.entity.in_(STATUS_ENTITIES),
+            ExecutionEvent.sequence <= upto,
+        )
+        .group_by(ExecutionEvent.entity, ExecutionEvent.entity_id)
+        .subquery()
+    )
+    rows = s.scalars(
+        select(ExecutionEvent).join(
+            latest,
+            and_(
+                ExecutionEvent.project_id == project_id,
+                ExecutionEvent.sequence == latest.c.sequence,
+            ),
+        )
+    ).all()
+    return {(row.entity, row.entity_id): row for row in rows}
 
 
 def oldest_retained_sequence(s: Session, project_id: int) -> int | None:
@@ -487,18 +613,21 @@ def revoke_token(s: Session, token_id: int) -> bool:
 
 def record_data_source_states(
     s: Session, changes: Sequence[tuple[int, int, dict[str, Any]]], now: datetime
-) -> list[tuple[int, int, int, dict[str, Any]]]:
+) -> list[tuple[int, int, int, dict[str, Any], list[list[str]]]]:
     """Persist many data-source state changes in the caller's transaction (group commit).
 
     `changes` are (project id, data source id, payload) in order; each gets the next
-    sequence of its project. Returns (project id, sequence, data source id, payload).
-    The projects' counter rows are locked first (FOR UPDATE on PostgreSQL; SQLite's
-    BEGIN IMMEDIATE already holds the write lock).
+    sequence of its project. Returns (project id, sequence, data source id, payload,
+    nodes). The projects' counter rows are locked first (FOR UPDATE on PostgreSQL; SQLite's
+    BEGIN IMMEDIATE already holds the write lock), then the DataSourceNodes of those
+    projects are read once for the whole batch: the resolution every row stores, as of its
+    sequence (no plan edit of these projects can commit while the locks are held).
 
-    This is the load path, so the three writes go to the driver's `executemany` with
-    parameters prepared here: the payload serialised with orjson, the timestamp converted
-    once per batch with the column type's own bind processor. SQLAlchemy's per-row
-    parameter processing was most of the cost (`bench/README.md`).
+    This is the load path, so the writes go to the driver's `executemany` with parameters
+    prepared here: the payload serialised with orjson, the timestamp converted once per
+    batch with the column type's own bind processor, each data source's nodes serialised
+    once per batch. SQLAlchemy's per-row parameter processing was most of the cost
+    (`bench/README.md`).
     """
     projects = Project.__table__
     conn = s.connection()
@@ -515,6 +644,7 @@ def record_data_source_states(
     missing = set(counts) - set(current)
     if missing:
         raise NotFound(f"project {min(missing)} does not exist")
+    nodes_of = _data_source_nodes(conn, list(counts))
     sql = _group_commit_sql(conn.dialect)
     stamp = _datetime_param(conn.dialect, now)
     conn.exec_driver_sql(
@@ -524,9 +654,14 @@ def record_data_source_states(
     recorded = []
     rows = []
     final_state: dict[int, dict[str, Any]] = {}
+    serialised: dict[int, str] = {}
     for project_id, source_id, payload in changes:
         sequence = current[project_id] = current[project_id] + 1
-        recorded.append((project_id, sequence, source_id, payload))
+        nodes = nodes_of.get((project_id, source_id), [])
+        nodes_json = serialised.get(source_id)
+        if nodes_json is None:
+            nodes_json = serialised[source_id] = orjson.dumps(nodes).decode()
+        recorded.append((project_id, sequence, source_id, payload, nodes))
         rows.append(
             (
                 project_id,
@@ -535,6 +670,7 @@ def record_data_source_states(
                 source_id,
                 None,
                 orjson.dumps(payload).decode(),
+                nodes_json,
                 stamp,
             )
         )
@@ -557,6 +693,23 @@ def record_data_source_states(
     return recorded
 
 
+def _data_source_nodes(conn: Any, project_ids: list[int]) -> dict[tuple[int, int], list[list[str]]]:
+    """(project id, data source id) → its DataSourceNodes as [node id, type] pairs, sorted."""
+    nodes = PlanDagNode.__table__
+    found: dict[tuple[int, int], list[list[str]]] = {}
+    for project_id, node_id, config in conn.execute(
+        select(nodes.c.project_id, nodes.c.id, nodes.c.config).where(
+            nodes.c.project_id.in_(project_ids), nodes.c.node_type == "DataSourceNode"
+        )
+    ):
+        if isinstance(config, dict) and isinstance(config.get("dataSourceId"), int):
+            key = (project_id, config["dataSourceId"])
+            found.setdefault(key, []).append([node_id, "DataSourceNode"])
+    for pairs in found.values():
+        pairs.sort()
+    return found
+
+
 @dataclass(frozen=True)
 class _GroupCommitSql:
     update_project: str
@@ -573,8 +726,8 @@ def _group_commit_sql(dialect: Dialect) -> _GroupCommitSql:
         update_project=f"UPDATE {Project.__tablename__} SET last_sequence = {p} WHERE id = {p}",
         insert_event=(
             f"INSERT INTO {ExecutionEvent.__tablename__} (project_id, sequence, entity, "
-            f"entity_id, node_id, payload, created_at) VALUES ({p}, {p}, {p}, {p}, {p}, "
-            f"{payload}, {p})"
+            f"entity_id, node_id, payload, nodes, created_at) VALUES ({p}, {p}, {p}, {p}, "
+            f"{p}, {payload}, {payload}, {p})"
         ),
         update_source=(
             f"UPDATE {DataSource.__tablename__} SET status = {p}, execution_state = {p}, "

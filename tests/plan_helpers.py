@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 from actors.events import node_events
-from actors.state import status_from_row
+from actors.state import message_from_row
 from storage import queries
 from storage.db import Database
 
@@ -61,12 +61,11 @@ def states_by_node(db: Database, pid: int) -> dict[str, list[str]]:
     """Every node's states in log order, as subscribers saw them."""
     with db.read() as s:
         rows = queries.events_after(s, pid, 0)
-        by_source, types = queries.node_routes(s, pid)
     states: dict[str, list[str]] = defaultdict(list)
     sequences = [row.sequence for row in rows]
     assert sequences == list(range(1, len(rows) + 1)), "sequences are 1..n with no gap"
     for row in rows:
-        for event in node_events(status_from_row(row), lambda i: by_source.get(i, ()), types.get):
+        for event in node_events(message_from_row(row)):
             state = (event["datasourceExecution"] or event["graphExecution"])["executionState"]
             states[event["nodeId"]].append(state)
     return dict(states)

@@ -341,5 +341,6 @@ def _burst_from(
                     "errorMessage": blob,
                 },
                 "2026-01-01T00:00:00.000Z",
+                ((f"datasource_{source}", "DataSourceNode"),),
             )
         )

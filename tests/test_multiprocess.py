@@ -18,7 +18,7 @@ import pytest
 
 from actors.bus import InProcessBus
 from actors.events import node_events
-from actors.state import StateStore, status_from_row
+from actors.state import StateStore, message_from_row
 from actors.work_queue import WorkQueue
 from storage import queries
 from storage.db import Database
@@ -101,10 +101,9 @@ def logged_events(db: Database, pid: int) -> list[tuple[int, str, str]]:
     """Every event of the project, from the log: (sequence, node id, state), in order."""
     with db.read() as s:
         rows = queries.events_after(s, pid, 0)
-        by_source, types = queries.node_routes(s, pid)
     events = []
     for row in rows:
-        for event in node_events(status_from_row(row), lambda i: by_source.get(i, ()), types.get):
+        for event in node_events(message_from_row(row)):
             execution = event["datasourceExecution"] or event["graphExecution"]
             events.append((event["sequence"], event["nodeId"], execution["executionState"]))
     return events
@@ -199,8 +198,8 @@ def test_every_event_once_in_order_on_both_gateways(
 def test_an_edit_through_one_gateway_reroutes_events_on_the_other(
     cluster: Cluster, db: Database
 ) -> None:
-    """gateway B caches "data source → its nodes"; a node added through gateway A must
-    invalidate B's cache (PlanChanged over the bus), so B's next event reaches it too."""
+    """A node added through gateway A: the events after the edit name it, on gateway B too,
+    because each carries the nodes resolved when it was persisted (B keeps no map)."""
     a, b = cluster.gateway(), cluster.gateway()
     worker = cluster.worker()
     cluster.wait_ready(a, b, worker)
@@ -252,19 +251,22 @@ def test_an_edit_through_one_gateway_reroutes_events_on_the_other(
                     )
                 )
                 await async_wait_until(
-                    lambda: ("alias", "completed") in {(e[1], e[2]) for e in seen},
+                    lambda: (
+                        [e[2] for e in seen if e[1] == "alias"]
+                        == ["completed", "processing", "completed"]
+                    ),
                     timeout=20,
-                    what="B delivered the reprocessing to the new node too",
+                    what="B delivered the announced state and the reprocessing to the new node",
                 )
             finally:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
-        # Sequences 1 and 2 went to the only node then; 3 and 4 (reprocessing) to both.
+        # 1: the source's node added; 2, 3: its processing, to that node only; 4: "alias"
+        # added; 5: the source's state announced to both; 6, 7: reprocessing, to both.
         expected = await asyncio.to_thread(logged_events, db, pid)
-        assert seen == [(1, first, "processing"), (2, first, "completed")] + [
-            event for event in expected if event[0] > 2
-        ]
-        assert sorted(e[1] for e in seen[2:]) == ["alias", "alias", first, first]
+        assert seen == expected
+        assert [e[0] for e in seen] == [2, 3, 5, 5, 6, 6, 7, 7]
+        assert sorted(e[1] for e in seen[2:]) == ["alias"] * 3 + [first] * 3
 
     asyncio.run(scenario())
 

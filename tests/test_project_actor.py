@@ -228,29 +228,36 @@ def test_unsubscribed_subscriber_gets_nothing_more(db: Database, store: StateSto
     assert stats["subscribers"] == 1
 
 
-# --- the node-ID cache --------------------------------------------------------------------
+# --- stored resolution and plan edits -------------------------------------------------------
 
 
-def test_node_id_cache_is_loaded_with_the_first_subscriber_then_hit(
-    db: Database, store: StateStore
-) -> None:
+def repoint(db: Database, store: StateStore, pid: int, node_id: str, source: int) -> list[Any]:
+    """updatePlanDagNode, as the resolver does it: the edit and its log rows, one transaction."""
+    with db.write() as s:
+        node = queries.update_node(
+            s, pid, node_id, node_type="DataSourceNode", config={"dataSourceId": source}
+        )
+        return store.plan_edit(s, pid, queries.node_change("updated", node), names_source_of=node)
+
+
+def test_routing_reads_the_nodes_the_change_carries(db: Database, store: StateStore) -> None:
+    """No node-ID map: the message says where it goes, even if the plan says otherwise now
+    (a message resolved at its sequence, read after a later edit, must not be re-routed)."""
     pid = new_project(db)
     source = new_source(db, pid)
     actor = start(pid, db)
-    assert handled(actor)["route_loads"] == 0
-    actor.tell(Subscribe(FakeSubscriber("s1")))
-    assert handled(actor)["route_loads"] == 1  # read with the subscription, not per event
-
-    actor.tell(store.data_source_processing(source))
-    first = handled(actor)
-    assert (first["cache_misses"], first["cache_hits"], first["route_loads"]) == (0, 1, 1)
-
-    actor.tell(store.data_source_pending(source))
-    second = handled(actor)
-    assert (second["cache_misses"], second["cache_hits"], second["route_loads"]) == (0, 2, 1)
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber))
+    change = store.data_source_processing(source)
+    assert change.nodes == ((f"datasource_{source}", "DataSourceNode"),)
+    add_source_node(db, pid, "added_later", source)  # not through the log: the plan only
+    actor.tell(change)
+    stats = handled(actor)
+    assert subscriber.seen == [(f"datasource_{source}", 1)]
+    assert stats["gap_fills"] == 0
 
 
-def test_plan_changed_clears_cache_and_stale_mapping_is_never_used(
+def test_plan_edits_take_sequences_that_status_streams_skip_without_a_read(
     db: Database, store: StateStore
 ) -> None:
     pid = new_project(db)
@@ -259,34 +266,55 @@ def test_plan_changed_clears_cache_and_stale_mapping_is_never_used(
     actor = start(pid, db)
     subscriber = FakeSubscriber("s1")
     actor.tell(Subscribe(subscriber))
-    actor.tell(store.data_source_processing(people))  # caches people -> 2 nodes
-    actor.tell(store.data_source_processing(places))  # caches places -> 1 node
-    handled(actor)
-    assert sorted(subscriber.seen) == [
-        (f"datasource_{people}", 1),
-        (f"datasource_{places}", 2),
-        ("movable", 1),
-    ]
-    subscriber.items.clear()
-
-    with db.write() as s:  # re-point the node, as updatePlanDagNode does, then announce it
-        queries.update_node(
-            s, pid, "movable", node_type="DataSourceNode", config={"dataSourceId": places}
-        )
-    actor.tell(PlanChanged(pid))
-    actor.tell(store.data_source_completed(places, {"nodes": [], "edges": [], "layers": []}))
-    actor.tell(store.data_source_pending(people))
+    actor.tell(store.data_source_processing(people))  # 1: people's two nodes
+    actor.tell(store.data_source_processing(places))  # 2
+    edit = repoint(db, store, pid, "movable", places)  # 3: the edit, 4: places announced
+    assert [type(m).__name__ for m in edit] == ["PlanChanged", "StatusChanged"]
+    assert [m.sequence for m in edit] == [3, 4]
+    assert edit[1].nodes == (
+        (f"datasource_{places}", "DataSourceNode"),
+        ("movable", "DataSourceNode"),
+    )
+    for message in edit:
+        actor.tell(message)
+    actor.tell(store.data_source_pending(people))  # 5: people's own node only
     stats = handled(actor)
 
     assert sorted(subscriber.seen) == [
-        (f"datasource_{people}", 4),
-        (f"datasource_{places}", 3),
-        ("movable", 3),
+        (f"datasource_{people}", 1),
+        (f"datasource_{people}", 5),
+        (f"datasource_{places}", 2),
+        (f"datasource_{places}", 4),
+        ("movable", 1),
+        ("movable", 4),
     ]
     moved = [event for node, _seq, event, _r in subscriber.items if node == "movable"]
-    assert moved[0]["datasourceExecution"]["dataSourceId"] == places
-    # After PlanChanged the first lookup read the whole map again; the second used it.
-    assert (stats["cache_misses"], stats["route_loads"]) == (1, 2)
+    assert [e["datasourceExecution"]["dataSourceId"] for e in moved] == [people, places]
+    assert stats["gap_fills"] == 0 and stats["last_sequence"] == 5  # 3 was known, not a gap
+
+    # History is not rewritten: a replay from 0 says what the live stream said.
+    late = FakeSubscriber("late")
+    actor.tell(Subscribe(late, after_sequence=0))
+    handled(actor)
+    assert late.seen == subscriber.seen
+
+
+def test_a_lost_plan_edit_is_filled_from_the_log_once(db: Database, store: StateStore) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    add_source_node(db, pid, "other", source)
+    actor = start(pid, db)
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber))
+    with db.write() as s:
+        node = queries.require_node(s, pid, "other")
+        change = queries.node_change("removed", node)
+        queries.delete_node(s, pid, "other")
+        store.plan_edit(s, pid, change)  # 1: never published (lost)
+    actor.tell(store.data_source_processing(source))  # 2
+    stats = handled(actor)
+    assert subscriber.seen == [(f"datasource_{source}", 2)]
+    assert stats["gap_fills"] == 1
 
 
 # --- ordering: duplicates, gaps, replay -----------------------------------------------------
@@ -341,6 +369,7 @@ def test_resume_after_sequence_replays_then_continues_live(db: Database, store: 
 
     subscriber = FakeSubscriber("resumer")
     actor.tell(Subscribe(subscriber, after_sequence=2))
+    handled(actor)  # the replay's read is done before 6 is committed
     actor.tell(store.data_source_pending(source))  # 6, live
     actor.tell(store.data_source_processing(source))  # 7, live
     handled(actor)
@@ -358,6 +387,7 @@ def test_resume_at_the_last_sequence_replays_nothing(db: Database, store: StateS
     actor = start(pid, db)  # reads the last sequence (2) when it starts
     subscriber = FakeSubscriber("s1")
     actor.tell(Subscribe(subscriber, after_sequence=2))
+    handled(actor)
     actor.tell(store.data_source_processing(source))
     handled(actor)
     assert subscriber.errors == []
@@ -452,7 +482,9 @@ def test_snapshot_sends_current_state_of_every_node(db: Database, store: StateSt
 
     snapshot = {node: event for node, _seq, event, replay in subscriber.items if replay}
     assert set(snapshot) == {f"datasource_{done}", "done_again", f"datasource_{broken}", "graph_1"}
-    assert all(event["sequence"] == 4 for event in snapshot.values())
+    # Each item says the sequence of the change it is (its latest), in sequence order.
+    assert [seq for _node, seq, _event, replay in subscriber.items if replay] == [2, 2, 3, 4]
+    assert snapshot["done_again"]["sequence"] == 2 and snapshot["graph_1"]["sequence"] == 4
     assert snapshot[f"datasource_{done}"]["datasourceExecution"]["executionState"] == "completed"
     assert snapshot["done_again"]["datasourceExecution"]["status"] == "active"
     broken_state = snapshot[f"datasource_{broken}"]["datasourceExecution"]
@@ -561,8 +593,9 @@ def test_hub_subscribe_starts_an_actor_and_routes_to_it(
     assert hub.project_ids() == [pid]
     assert hub.ask(pid, "stats")["subscribers"] == 1
     hub.route(store.data_source_processing(source))
-    hub.route(PlanChanged(pid))
+    hub.route(PlanChanged(pid, 2, {"type": "edge"}, ""))
     assert hub.ask(pid, "stats")["subscribers"] == 1
+    assert hub.ask(pid, "stats")["last_sequence"] == 2
     assert subscriber.seen == [(f"datasource_{source}", 1)]
     assert hub.ask(9999, "stats") is None
 
@@ -640,7 +673,7 @@ def test_hub_route_without_an_actor_does_nothing(db: Database, store: StateStore
     source = new_source(db, pid)
     before = project_actors()
     hub.route(store.data_source_processing(source))
-    hub.route(PlanChanged(pid))
+    hub.route(PlanChanged(pid, 2, {"type": "edge"}, ""))
     hub.unsubscribe(pid, "nobody")
     assert hub.project_ids() == []
     assert hub.actor_count == 0
@@ -649,9 +682,17 @@ def test_hub_route_without_an_actor_does_nothing(db: Database, store: StateStore
 
 def test_status_changed_survives_the_bus_encoding() -> None:
     change = StatusChanged(
-        3, 7, "graph", 2, "g", {"executionState": "error"}, "2024-01-01T00:00:00.000Z"
+        3,
+        7,
+        "graph",
+        2,
+        "g",
+        {"executionState": "error"},
+        "2024-01-01T00:00:00.000Z",
+        (("g", "GraphNode"),),
     )
     assert bus_message_from_json(change.to_json()) == change
-    assert bus_message_from_json(PlanChanged(3).to_json()) == PlanChanged(3)
+    edit = PlanChanged(3, 8, {"type": "node", "operation": "removed", "node": {"id": "g"}}, "t")
+    assert bus_message_from_json(edit.to_json()) == edit
     with pytest.raises(ValueError, match="unknown bus message kind 'other'"):
         bus_message_from_json(b'{"kind": "other"}')

@@ -89,9 +89,10 @@ def test_a_gateway_listens_to_a_project_only_while_it_has_an_actor(redis_up: Non
         wait_until(lambda: 7 in resyncs, what="a catch-up of project 7")
         publisher.publish(status(8, 1))  # nobody listens to 8 here
         publisher.publish(status(7, 1))
-        publisher.publish(PlanChanged(7))
+        edit = PlanChanged(7, 2, {"type": "edge", "operation": "added", "edge": {"id": "e"}}, "t")
+        publisher.publish(edit)
         wait_until(lambda: len(received) == 2, what="two messages of project 7")
-        assert received == [status(7, 1), PlanChanged(7)]
+        assert received == [status(7, 1), edit]
         listener.unwatch(7)
         wait_until(lambda: channels(prefix) == set(), what="UNSUBSCRIBE 7")
         assert listener.healthy() and publisher.healthy()

@@ -591,12 +591,17 @@ def test_group_commit_writes_events_sources_and_counters(db: Database) -> None:
         (second, b, state("processing", False)),
         (first, a, state("active", True)),
     ]
-    with db.write() as s:
+    with db.write() as s:  # a second node names a; b's node is another project's concern
+        queries.add_node(
+            s, first, node_type="DataSourceNode", config={"dataSourceId": a}, node_id="a2"
+        )
         recorded = queries.record_data_source_states(s, changes, now)
-    assert [(pid, seq, source) for pid, seq, source, _p in recorded] == [
-        (first, 1, a),
-        (second, 2, b),
-        (first, 2, a),
+    a_nodes = [["a2", "DataSourceNode"], [f"datasource_{a}", "DataSourceNode"]]
+    b_nodes = [[f"datasource_{b}", "DataSourceNode"]]
+    assert [(pid, seq, source, nodes) for pid, seq, source, _p, nodes in recorded] == [
+        (first, 1, a, a_nodes),
+        (second, 2, b, b_nodes),
+        (first, 2, a, a_nodes),
     ]
     with db.read() as s:
         assert queries.last_sequence(s, first) == 2
@@ -609,6 +614,7 @@ def test_group_commit_writes_events_sources_and_counters(db: Database) -> None:
         assert [e.payload["executionState"] for e in events] == ["processing", "completed"]
         assert events[1].payload == changes[2][2]
         assert {e.entity for e in events} == {"datasource"} and events[0].node_id is None
+        assert [e.nodes for e in events] == [a_nodes, a_nodes]  # stored, as JSON
         assert as_utc(events[0].created_at) == now
         source_a, source_b = s.get(DataSource, a), s.get(DataSource, b)
         assert source_a is not None and source_b is not None

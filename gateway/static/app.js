@@ -170,7 +170,6 @@ async function openProject(projectId) {
     unwatch: null,
     loads: 0,
     refetchTimer: null,
-    snapshotSequence: null, // while the snapshot arrives: the sequence it is stamped with
   };
   current = open;
   $("#empty").hidden = true;
@@ -266,7 +265,6 @@ function watch(open) {
   open.unwatch = api.watch(
     () => {
       if (model.highestSequence === null) {
-        open.snapshotSequence = undefined; // the first event tells
         return { projectId: model.projectId, snapshot: true };
       }
       // One below the highest: a data source named by several nodes gives several events
@@ -305,17 +303,11 @@ function onStatusEvent(open, payload) {
 }
 
 /**
- * Is this event part of the snapshot that opens the subscription, telling a state the plan
- * query already showed? Such an event is no change: it is applied, not put in the feed.
- * Snapshot events come first and all carry one sequence; the first other one ends them.
+ * Does this event tell a state the plan query already showed, for a node no event has
+ * reached yet? (The snapshot that opens the subscription, each item with the sequence of
+ * its own latest change.) Such an event is no change: it is applied, not put in the feed.
  */
 function isSnapshotEcho(open, event, state) {
-  if (open.snapshotSequence === null) return false;
-  if (open.snapshotSequence === undefined) open.snapshotSequence = event.sequence;
-  if (event.sequence !== open.snapshotSequence) {
-    open.snapshotSequence = null;
-    return false;
-  }
   const before = open.model.status.get(event.nodeId);
   return Boolean(before && before.sequence === null && before.state === state);
 }
