@@ -499,6 +499,98 @@ def test_snapshot_sends_current_state_of_every_node(db: Database, store: StateSt
     assert subscriber.items[-1][2]["graphExecution"]["executionState"] == "completed"
 
 
+def test_snapshot_includes_a_node_added_after_its_sources_last_change(
+    db: Database, store: StateStore
+) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    store.data_source_completed(source, {"nodes": [], "edges": [], "layers": []})  # 1
+    with db.write() as s:  # 2: the edit, 3: the source's state, naming both nodes
+        node = queries.add_node(
+            s, pid, node_type="DataSourceNode", node_id="alias", config={"dataSourceId": source}
+        )
+        store.plan_edit(s, pid, queries.node_change("added", node), names_source_of=node)
+    with db.write() as s:  # 4: a removed node is not in the snapshot
+        node = queries.add_node(s, pid, node_type="GraphNode", config={}, node_id="gone")
+        store.plan_edit(s, pid, queries.node_change("added", node))
+    store.graph(pid, "gone", lambda g: setattr(g, "execution_state", "completed"))  # 5
+    with db.write() as s:  # 6
+        node = queries.require_node(s, pid, "gone")
+        change = queries.node_change("removed", node)
+        queries.delete_node(s, pid, "gone")
+        store.plan_edit(s, pid, change)
+    actor = start(pid, db)
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber, snapshot=True))
+    handled(actor)
+    assert subscriber.seen == [("alias", 3), (f"datasource_{source}", 3)]
+    assert {e["datasourceExecution"]["executionState"] for *_x, e, _r in subscriber.items} == {
+        "completed"
+    }
+
+
+def test_a_snapshot_is_stamped_by_its_own_read_and_the_stream_goes_on_after_it(
+    db: Database, store: StateStore
+) -> None:
+    """Changes committed but not yet received when the snapshot is read: current
+    subscribers get them first, the newcomer's snapshot already holds them, and what
+    arrives late is a duplicate. No sequence goes down, no state goes backwards."""
+    pid = new_project(db)
+    source = new_source(db, pid)
+    actor = start(pid, db)
+    early = FakeSubscriber("early")
+    actor.tell(Subscribe(early))
+    handled(actor)
+    in_flight = [
+        store.data_source_processing(source),
+        store.data_source_completed(source, {"nodes": [], "edges": [], "layers": []}),
+    ]
+    newcomer = FakeSubscriber("new")
+    actor.tell(Subscribe(newcomer, snapshot=True))
+    handled(actor)  # the snapshot is read with 1 and 2 committed, neither received
+    for change in in_flight:
+        actor.tell(change)
+    actor.tell(store.data_source_processing(source))  # 3, live
+    handled(actor)
+    assert early.sequences == [1, 2, 3]
+    assert newcomer.sequences == [2, 3]
+    states = [e["datasourceExecution"]["executionState"] for *_x, e, _r in newcomer.items]
+    assert states == ["completed", "processing"]
+    assert [replay for *_x, replay in newcomer.items] == [True, False]
+
+
+def test_snapshot_with_after_sequence_replays_while_the_log_holds_it(db: Database) -> None:
+    pid = new_project(db)
+    source = new_source(db, pid)
+    store = StateStore(db, retention=3)
+    for _ in range(6):
+        store.data_source_processing(source)  # the log keeps 4, 5, 6
+    actor = start(pid, db)
+    resumes = FakeSubscriber("resumes")
+    actor.tell(Subscribe(resumes, after_sequence=4, snapshot=True))
+    trimmed = FakeSubscriber("trimmed")
+    actor.tell(Subscribe(trimmed, after_sequence=1, snapshot=True))
+    handled(actor)
+    assert resumes.errors == [] and resumes.sequences == [5, 6]  # a replay, no snapshot
+    assert trimmed.errors == [] and trimmed.sequences == [6]  # the log lost 2, 3: a snapshot
+
+
+def test_snapshot_of_an_entity_whose_every_change_was_trimmed(db: Database) -> None:
+    pid = new_project(db)
+    quiet, busy = new_source(db, pid, "quiet"), new_source(db, pid, "busy")
+    store = StateStore(db, retention=2)
+    store.data_source_failed(quiet, "bad row 2")  # 1, trimmed below
+    for _ in range(4):
+        store.data_source_processing(busy)  # 2..5; the log keeps 4, 5
+    actor = start(pid, db)
+    subscriber = FakeSubscriber("s1")
+    actor.tell(Subscribe(subscriber, snapshot=True))
+    handled(actor)
+    # quiet's state from its row, as of the sequence before the oldest the log holds.
+    assert subscriber.seen == [(f"datasource_{quiet}", 3), (f"datasource_{busy}", 5)]
+    assert subscriber.items[0][2]["datasourceExecution"]["errorMessage"] == "bad row 2"
+
+
 def test_subscribing_to_a_missing_project_fails(db: Database) -> None:
     actor = start(4242, db)
     subscriber = FakeSubscriber("s1")
