@@ -60,7 +60,9 @@ def channels(prefix: str) -> set[str]:
 
 
 def status(project_id: int, sequence: int) -> StatusChanged:
-    return StatusChanged(project_id, sequence, "datasource", 1, None, {}, "")
+    """A change with its resolved nodes: they cross Redis with it (compared after the trip)."""
+    nodes = (("datasource_1", "DataSourceNode"), ("copy", "DataSourceNode"))
+    return StatusChanged(project_id, sequence, "datasource", 1, None, {}, "", nodes)
 
 
 def test_bus_url_prefix_and_choice() -> None:
