@@ -347,7 +347,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(args, "log_level", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return args.func(args)
+    from storage.migrate import SchemaUpgradeError
+
+    try:
+        return args.func(args)
+    except SchemaUpgradeError as error:  # an old database: say what to do, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy import Engine, inspect, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from storage.models import ExecutionEvent, Project
@@ -24,19 +25,32 @@ from storage.queries import node_routes
 log = logging.getLogger(__name__)
 
 
+class SchemaUpgradeError(RuntimeError):
+    """The database is older than this version and could not be brought up to it."""
+
+
 def upgrade(engine: Engine) -> None:
     """Add what an older schema lacks; a no-op on a current one."""
     columns = {c["name"] for c in inspect(engine).get_columns(ExecutionEvent.__tablename__)}
     if "nodes" in columns:
         return
     log.warning("upgrading the event log: adding execution_events.nodes (one time)")
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("ALTER TABLE execution_events ADD COLUMN IF NOT EXISTS nodes JSONB"))
-        else:
-            conn.execute(text("ALTER TABLE execution_events ADD COLUMN nodes JSON"))
-    with Session(engine) as s, s.begin():
-        _resolve_old_rows(s)
+    column_type = "JSONB" if engine.dialect.name == "postgresql" else "JSON"
+    exists = " IF NOT EXISTS" if engine.dialect.name == "postgresql" else ""
+    statement = f"ALTER TABLE execution_events ADD COLUMN{exists} nodes {column_type}"
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(statement))
+        with Session(engine) as s, s.begin():
+            _resolve_old_rows(s)
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+        raise SchemaUpgradeError(
+            f"this database was made by an earlier planpulse and its table execution_events "
+            f"lacks the column nodes; adding it failed ({reason}): start planpulse once as "
+            f"a database user allowed to alter the table (its owner), or run "
+            f"`{statement}` yourself"
+        ) from error
 
 
 def _resolve_old_rows(s: Session) -> None:

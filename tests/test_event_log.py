@@ -4,8 +4,11 @@ same sequence, consistent snapshots, old databases upgraded. SQLite and PostgreS
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
@@ -13,6 +16,7 @@ from sqlalchemy import create_engine, inspect, text
 from actors.state import StateStore
 from storage import queries
 from storage.db import Database
+from storage.migrate import SchemaUpgradeError
 from storage.models import Base
 from tests.log_helpers import log_rows, plan_as_of_each_change
 
@@ -217,3 +221,55 @@ def test_an_old_database_is_upgraded_at_start(any_db_url: str) -> None:
         assert StateStore(old).data_source_processing(source).nodes == (("n", "DataSourceNode"),)
     finally:
         old.dispose()
+
+
+def test_an_old_database_that_cannot_be_upgraded_is_refused_clearly(pg_url: str) -> None:
+    """A user who may not alter the table (not its owner): one sentence saying what to do."""
+    import uuid
+
+    import psycopg
+
+    engine = create_engine(pg_url)
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE execution_events DROP COLUMN nodes"))
+    engine.dispose()
+    role = f"pp_user_{uuid.uuid4().hex[:8]}"
+    admin = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        conn.execute(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"')
+        conn.execute(f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"')
+    try:
+        as_user = Database(pg_url.replace("postgres@", f"{role}@"))
+        try:
+            with pytest.raises(SchemaUpgradeError) as refused:
+                as_user.create_schema()
+        finally:
+            as_user.dispose()
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "run.py",
+                "token",
+                "list",
+                "--database-url",
+                as_user.url.render_as_string(hide_password=False),
+            ],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 2, cli.stderr
+        assert "\nerror: this database was made by an earlier planpulse" in cli.stderr
+        assert "Traceback" not in cli.stderr
+        message = str(refused.value)
+        assert "made by an earlier planpulse" in message
+        assert "must be owner of table execution_events" in message
+        assert "ALTER TABLE execution_events ADD COLUMN IF NOT EXISTS nodes JSONB" in message
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'REASSIGN OWNED BY "{role}" TO postgres')
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
