@@ -161,7 +161,7 @@ class StateStore:
         """
         node_id = change["node"]["id"] if change["type"] == "node" else None
         logged = [self._log(s, project_id, PLAN_ENTITY, 0, node_id, change)]
-        source_id = _named_source(names_source_of)
+        source_id = named_source(names_source_of)
         if source_id is not None:
             source = s.get(DataSource, source_id)
             if source is not None and source.project_id == project_id:
@@ -221,7 +221,8 @@ class StateStore:
         return changes
 
 
-def _named_source(node: PlanDagNode | None) -> int | None:
+def named_source(node: PlanDagNode | None) -> int | None:
+    """The data source a DataSourceNode's config names, if any."""
     if node is None or node.node_type != "DataSourceNode" or not isinstance(node.config, dict):
         return None
     source_id = node.config.get("dataSourceId")

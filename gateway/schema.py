@@ -23,7 +23,7 @@ from actors.hub import Hub
 from actors.loadgen import LoadGenerator
 from actors.messages import LoggedChange
 from actors.plan import PlanRefused
-from actors.state import StateStore, status_from_row
+from actors.state import StateStore, named_source, status_from_row
 from storage import queries
 from storage.db import Database
 from storage.models import DataSource, Graph, PlanDagEdge, PlanDagNode, Project
@@ -273,9 +273,12 @@ def resolve_update_node(
     ctx.check_project(projectId)
     store = ctx.services.store
     with ctx.services.db.write() as s:
+        named_before = named_source(queries.require_node(s, projectId, nodeId))
         row = queries.update_node(s, projectId, nodeId, **_node_fields(node))
         change = queries.node_change("updated", row)
-        logged = store.plan_edit(s, projectId, change, names_source_of=row)
+        # Announce the source only to a node that names it anew (not on a label edit).
+        newly = row if named_source(row) != named_before else None
+        logged = store.plan_edit(s, projectId, change, names_source_of=newly)
         result = node_dict(row, node_execution_states(s, projectId, [row])[row.id])
     _publish(ctx, logged)
     return result

@@ -20,15 +20,23 @@ def log_rows(db: Database, pid: int) -> list[ExecutionEvent]:
 
 def node_log(rows: list[ExecutionEvent]) -> tuple[list[NodeEvent], list[Reset]]:
     """The node events of the log, (sequence, node id, execution metadata), and the resets:
-    a node removed or re-pointed by a plan edit has no state from that sequence on."""
+    a node removed, or re-pointed to another entity, by a plan edit has no state from that
+    sequence on (until a change names it again)."""
     events: list[NodeEvent] = []
     resets: list[Reset] = []
+    named: dict[str, tuple[str, Any]] = {}  # node id -> what it names (type, source id)
     for row in rows:
         message = message_from_row(row)
         if isinstance(message, PlanChanged):
             change = message.change
-            if change["type"] == "node" and change["operation"] in ("removed", "updated"):
-                resets.append((message.sequence, change["node"]["id"]))
+            if change["type"] != "node":
+                continue
+            node = change["node"]
+            before = named.pop(node["id"], None)
+            if change["operation"] != "removed":
+                named[node["id"]] = (node["nodeType"], (node["config"] or {}).get("dataSourceId"))
+            if change["operation"] == "removed" or before != named.get(node["id"], before):
+                resets.append((message.sequence, node["id"]))
             continue
         for event in node_events(message):
             execution = event["datasourceExecution"] or event["graphExecution"]

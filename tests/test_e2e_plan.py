@@ -191,6 +191,35 @@ def test_editing_a_node_reroutes_the_very_next_event(server: Any) -> None:
                 assert [e["datasourceExecution"]["dataSourceId"] for e in after] == [b, b, b]
                 states = [e["datasourceExecution"]["executionState"] for e in after]
                 assert states == ["completed", "processing", "completed"]
+                # A label edit keeps the node on b: nothing is announced for it.
+                seen = len(watcher.events)
+                await _make(
+                    admin,
+                    "mutation($p: Int!, $n: PlanDagNodeInput!) "
+                    '{ updatePlanDagNode(projectId: $p, nodeId: "view", node: $n) { id } }',
+                    p=pid,
+                    n={
+                        "nodeType": "DataSourceNode",
+                        "config": {"dataSourceId": b},
+                        "metadata": {"label": "renamed"},
+                    },
+                )
+                await _make(admin, reprocess, i=b)
+
+                def of(node_id: str) -> list[dict[str, Any]]:
+                    return [e for e in watcher.events[seen:] if e["nodeId"] == node_id]
+
+                await async_wait_until(lambda: len(of(f"datasource_{b}")) == 2, what="b's run")
+                b_done = of(f"datasource_{b}")[-1]["sequence"]
+                await async_wait_until(
+                    lambda: any(e["sequence"] == b_done for e in of("view")),
+                    what="view's completed",
+                )
+                after = [e for e in watcher.events[seen:] if e["nodeId"] == "view"]
+                assert [e["datasourceExecution"]["executionState"] for e in after] == [
+                    "processing",
+                    "completed",
+                ]
 
     server.call(asyncio.wait_for(scenario(), 60), timeout=70)
 
