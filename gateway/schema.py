@@ -76,19 +76,11 @@ def project_dict(p: Project) -> dict[str, Any]:
 
 
 def node_dict(n: PlanDagNode, execution_state: str = "not_started") -> dict[str, Any]:
-    return {
-        "id": n.id,
-        "nodeType": n.node_type,
-        "config": n.config,
-        "metadata": n.node_metadata,
-        "positionX": n.position_x,
-        "positionY": n.position_y,
-        "executionState": execution_state,
-    }
+    return {**queries.plan_node_payload(n), "executionState": execution_state}
 
 
 def edge_dict(e: PlanDagEdge) -> dict[str, Any]:
-    return {"id": e.id, "source": e.source, "target": e.target, "metadata": e.edge_metadata}
+    return queries.plan_edge_payload(e)
 
 
 def data_source_dict(d: DataSource) -> dict[str, Any]:
