@@ -383,3 +383,104 @@ def test_requests_for_one_data_source_run_one_after_the_other(start_pg_server: A
     with db.read() as s:
         states = [row.payload["executionState"] for row in queries.events_after(s, pid, 0)]
     assert states == ["processing", "completed"] * 3
+
+
+# --- a handler error is not a connection error --------------------------------------------
+
+
+def test_the_listener_survives_an_error_in_the_hub(redis_up: None) -> None:
+    """The hub raising for one project (its actor died) must not cost the connection: the
+    bus stays healthy, other projects' messages go on, and the failing project is asked to
+    catch up from the log instead (its message was persisted before it was published)."""
+    url = bus_url()
+    received: list[BusMessage] = []
+    resyncs: list[int | None] = []
+
+    def deliver(message: BusMessage) -> None:
+        if message.project_id == 7:
+            raise RuntimeError("project 7's actor is dead")
+        received.append(message)
+
+    listener = RedisBus(url)
+    publisher = RedisBus(url, listen=False)
+    try:
+        listener.attach(deliver, resync=resyncs.append)
+        listener.watch(7)
+        listener.watch(8)
+        prefix = split_bus_url(url)[1]
+        wait_until(lambda: len(channels(prefix)) == 2, what="SUBSCRIBE 7 and 8")
+        wait_until(listener.healthy, what="the listener connected")
+        resyncs.clear()
+        for sequence in (1, 2, 3):
+            publisher.publish(status(7, sequence))
+            publisher.publish(status(8, sequence))
+        wait_until(lambda: len(received) == 3, what="project 8's three messages")
+        assert received == [status(8, 1), status(8, 2), status(8, 3)]
+        wait_until(lambda: resyncs.count(7) >= 3, what="a catch-up of 7 per failed message")
+        assert listener.handler_errors == 3
+        assert listener.healthy()
+        assert listener.reconnects == 0
+    finally:
+        listener.close()
+        publisher.close()
+
+
+def test_a_dead_project_actor_does_not_take_the_bus_down(start_pg_server: Any) -> None:
+    """What the issue saw after a database cut: a project actor died, the hub kept routing
+    to it, and the listener reconnected on every message, never healthy again (/healthz 503
+    `bus: false`) and deaf for every project. Now the bus stays up and the other project's
+    subscriber gets every event."""
+    url = bus_url()
+    server = start_pg_server(bus_url=url, executors=False)
+    db = server.app.db
+    dead_pid, dead_source = _project_with_source(db)
+    live_pid, live_source = _project_with_source(db)
+    store = StateStore(db)
+    publisher = RedisBus(url, listen=False)
+    seen: list[int] = []
+    prefix = split_bus_url(url)[1]
+
+    async def scenario() -> None:
+        async with client(server.url) as doomed, client(server.url) as session:
+
+            async def watch(on: Any, pid: int, into: list[int]) -> None:
+                async for result in on.subscribe(request(SUBSCRIPTION, projectId=pid)):
+                    into.append(result["nodeExecutionStatusChanged"]["sequence"])
+
+            watchers = [
+                asyncio.ensure_future(watch(doomed, dead_pid, [])),
+                asyncio.ensure_future(watch(session, live_pid, seen)),
+            ]
+            try:
+                await async_wait_until(
+                    lambda: (
+                        subscriber_count(server, dead_pid) == 1
+                        and subscriber_count(server, live_pid) == 1
+                    )
+                )
+                await async_wait_until(lambda: len(channels(prefix)) == 2, what="both watched")
+                # The actor dies behind the hub's back, as an exception in a handler does.
+                ref = server.app.hub._actors[dead_pid]
+                await asyncio.to_thread(ref.stop)
+                for n in range(1, 5):
+                    for source in (dead_source, live_source):
+                        change = (
+                            store.data_source_processing(source)
+                            if n % 2
+                            else store.data_source_completed(source, {"nodes": [], "edges": []})
+                        )
+                        publisher.publish(change)
+                await async_wait_until(lambda: len(seen) >= 4, what="the live project's events")
+                status, body = await asyncio.to_thread(healthz, server.port)
+                assert status == 200, body
+                assert server.app.bus.reconnects == 0
+            finally:
+                for watcher in watchers:
+                    watcher.cancel()
+                await asyncio.gather(*watchers, return_exceptions=True)
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        publisher.close()
+    assert seen == [1, 2, 3, 4]
