@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,10 +21,11 @@ from actors.messages import BusMessage, PlanChanged, StatusChanged
 from actors.redis_bus import RedisBus, bus_from_url, split_bus_url
 from actors.state import StateStore
 from actors.work_queue import QueueWorker, WorkQueue
+from bench.redis_server import RedisServer
 from storage import queries
 from storage.db import Database
 from storage.work_requests import WorkRequest
-from tests.cluster import free_port, healthz
+from tests.cluster import healthz
 from tests.conftest import IN_CI, REDIS_URL, RunningServer, need_server
 from tests.helpers import async_wait_until, client, request, subscriber_count, wait_until
 from tests.plan_helpers import SERVICES, add_node, add_source
@@ -174,59 +173,20 @@ def test_lost_messages_are_filled_from_the_log(start_pg_server: Any) -> None:
 # --- a Redis of our own, to stop and restart ------------------------------------------------
 
 
-class PrivateRedis:
-    """A redis-server on a free port that the test may stop and start again."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-            + ["--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        r = redis.Redis(port=self.port)
-        try:
-            wait_until(lambda: _pings(r), what="the private redis-server is up")
-        finally:
-            r.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
-def _pings(r: redis.Redis) -> bool:
-    try:
-        return bool(r.ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+def private_redis() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         message = "this test starts and stops a redis-server of its own: none is installed"
         pytest.fail(message) if IN_CI else pytest.skip(message)
-    server = PrivateRedis(tmp_path)
-    server.start()
+    server = RedisServer().start()
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 def test_a_redis_outage_shows_in_healthz_and_nothing_is_lost(
-    start_pg_server: Any, private_redis: PrivateRedis
+    start_pg_server: Any, private_redis: RedisServer
 ) -> None:
     """Redis dies mid-life: /healthz says so; work still runs (the queue is PostgreSQL);
     after Redis restarts the gateway reconnects, and the subscriber gets what happened
@@ -255,7 +215,7 @@ def test_a_redis_outage_shows_in_healthz_and_nothing_is_lost(
                 await admin.execute(request(reprocess, i=source))
                 await async_wait_until(lambda: len(seen) == 2, what="the first processing")
 
-                await asyncio.to_thread(private_redis.stop)
+                await asyncio.to_thread(private_redis.kill)
                 await async_wait_until(
                     lambda: _only_the_bus_is_down(server.port), what="/healthz reporting it"
                 )
