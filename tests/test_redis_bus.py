@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 
+from actors.bus import InProcessBus
 from actors.messages import BusMessage, PlanChanged, StatusChanged
 from actors.redis_bus import RedisBus, bus_from_url, split_bus_url
 from actors.state import StateStore
@@ -444,3 +445,42 @@ def test_a_dead_project_actor_does_not_take_the_bus_down(start_pg_server: Any) -
     finally:
         publisher.close()
     assert seen == [1, 2, 3, 4]
+
+
+def test_a_plan_run_and_its_projects_data_source_requests_never_overlap(pg_url: str) -> None:
+    """Claims follow the queue per project: a run waits for the project's older
+    data-source requests, and those queued after it wait for the run. (Overlapping, a
+    reprocessing moved a data source the run had marked pending, the run's step for it
+    ended without completing it, and the nodes below stayed pending for good.)"""
+    from types import SimpleNamespace
+
+    from actors.work_queue import _Slot
+
+    db = Database(pg_url)
+    db.create_schema()
+    try:
+        pid, source = _project_with_source(db)
+        other_source = _project_with_source(db)[1]  # another project's
+        queue = WorkQueue(StateStore(db), InProcessBus())
+        first = queue.process_data_source(source)
+        queue.run_plan(pid)
+        queue.process_data_source(source)
+        unrelated = queue.process_data_source(other_source)
+        fake = SimpleNamespace(store=StateStore(db), bus=InProcessBus())
+        worker = QueueWorker(pg_url, fake, slots=1)  # type: ignore[arg-type]
+        slots = [_Slot(i) for i in range(3)]
+        try:
+            claimed = [worker._claim(slot) for slot in slots]
+            assert [c.id if c else None for c in claimed] == [first, unrelated, None]
+            worker._finish(slots[0], claimed[0])
+            run = worker._claim(slots[0])
+            assert run is not None and run.kind == "run_plan" and run.project_id == pid
+            assert worker._claim(slots[2]) is None  # the later reprocessing waits for it
+            worker._finish(slots[0], run)
+            last = worker._claim(slots[2])
+            assert last is not None and last.kind == "process_data_source"
+        finally:
+            for slot in slots:
+                slot.drop_connection()
+    finally:
+        db.dispose()
