@@ -67,7 +67,7 @@ class TcpProxy:
         for pair in pairs:
             for sock in pair:
                 _reset(sock)
-        log.info(
+        log.debug(
             "tcp proxy :%d: cut for %.1f s (%d connections dropped)", self.port, seconds, len(pairs)
         )
         return len(pairs)

@@ -76,7 +76,8 @@ class GraphQLSession:
             op = str(next(self._ids))
             payload = {"query": query, "variables": variables}
             try:
-                await ws.send(orjson.dumps({"id": op, "type": "subscribe", "payload": payload}))
+                frame = {"id": op, "type": "subscribe", "payload": payload}
+                await ws.send(orjson.dumps(frame).decode())
                 data: dict[str, Any] | None = None
                 while True:
                     raw = await asyncio.wait_for(ws.recv(), self.timeout)
@@ -164,6 +165,7 @@ class ResumingWatcher:
     errors: list[str] = field(default_factory=list)  # `error` payloads received
     url: str = ""
     connected: bool = False
+    subscribed_at: float | None = None  # when its first subscribe was sent (monotonic)
     _turn: int = 0
     _task: asyncio.Task[None] | None = None
     _ws: ClientConnection | None = None
@@ -259,6 +261,8 @@ class ResumingWatcher:
         payload = {"query": WATCH, "variables": variables}
         await ws.send(orjson.dumps({"id": op, "type": "subscribe", "payload": payload}).decode())
         now = time.monotonic
+        if self.subscribed_at is None:
+            self.subscribed_at = now()
         while True:
             message = orjson.loads(await ws.recv())
             kind = message.get("type")
