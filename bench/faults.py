@@ -562,6 +562,18 @@ class FaultSuite:
                 self.progress(f"   storm: {behind} of {len(storm)} watchers still catching up")
             await asyncio.sleep(0.2)
         caught = [_caught_up_at(w, last) for w in storm]
+        # Where the time went: opening the socket (handshake, connection_init/ack), then
+        # the server's replay (subscribe → the last sequence of the storm's start).
+        phase["storm_connect_seconds"] = _quantiles(
+            [w.subscribed_at - started for w in storm if w.subscribed_at is not None]
+        )
+        phase["storm_replay_seconds"] = _quantiles(
+            [
+                at - w.subscribed_at
+                for w, at in zip(storm, caught, strict=True)
+                if at is not None and w.subscribed_at is not None
+            ]
+        )
         phase["recover_seconds"] = (
             round(max(caught) - started, 3) if caught and None not in caught else None
         )
@@ -700,6 +712,8 @@ class FaultSuite:
             "fault_seconds": round(ended - started, 3),
             "recover_seconds": recover,
             "healthz_ok_after_seconds": phase.get("healthz_ok_after_seconds"),
+            "storm_connect_seconds": phase.get("storm_connect_seconds"),
+            "storm_replay_seconds": phase.get("storm_replay_seconds"),
             "quiet": quiet,
             "stuck": [],  # filled in by `run` (it needs the network)
             "traffic": {
@@ -737,6 +751,17 @@ def _caught_up_at(watcher: ResumingWatcher, target: int) -> float | None:
         if sequence >= target:
             return arrived
     return None
+
+
+def _quantiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {
+        "p50": round(ordered[len(ordered) // 2], 3),
+        "p90": round(ordered[int(len(ordered) * 0.9)], 3),
+        "max": round(ordered[-1], 3),
+    }
 
 
 def _spread(values: list[int]) -> dict[str, int]:
@@ -794,9 +819,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         out.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
         if index == 0:
             out.append("  ".join("-" * width for width in widths))
-    notes = [f"  {row['fault']}: {row['detail']}" for row in rows if row.get("detail")] + [
-        f"  {row['fault']}: stuck {', '.join(row['stuck'])}" for row in rows if row["stuck"]
-    ]
+    notes = [f"  {row['fault']}: {row['detail']}" for row in rows if row.get("detail")]
+    for row in rows:
+        connect, replay = row.get("storm_connect_seconds"), row.get("storm_replay_seconds")
+        if connect and replay:
+            notes.append(
+                f"  storm: socket open+ack p50 {connect['p50']:.2f} s max {connect['max']:.2f} s;"
+                f" subscribe → caught up p50 {replay['p50']:.2f} s max {replay['max']:.2f} s"
+            )
+    notes += [f"  {row['fault']}: stuck {', '.join(row['stuck'])}" for row in rows if row["stuck"]]
     return "\n".join(out + notes)
 
 
