@@ -328,8 +328,7 @@ class Traffic:
 @dataclass
 class Project:
     id: int
-    sources: list[int]
-    nodes: list[str]
+    sources: list[int]  # data source ids, reprocessed in turn by the traffic
 
 
 class FaultSuite:
@@ -395,8 +394,9 @@ class FaultSuite:
             await self.execute(ADD_NODE, p=pid, n=node)
             for source in upstream:
                 await self.execute(ADD_EDGE, p=pid, e={"source": source, "target": node_id})
-        await self.wait_quiet(Project(pid, sources, inputs + ["graph", "apps", "out"]), 30.0)
-        return Project(pid, sources, inputs + ["graph", "apps", "out"])
+        project = Project(pid, sources)
+        await self.wait_quiet(project, 30.0)  # the sources' first processing is done
+        return project
 
     async def states(self, project: Project) -> dict[str, str]:
         """Every node's and data source's execution state."""
@@ -728,7 +728,7 @@ class FaultSuite:
         self.admin = GraphQLSession(self.deployment.urls())
         for name in faults:
             row = await self.run_fault(name)
-            project = Project(row["project"], [], [])
+            project = Project(row["project"], [])
             states = await self.states(project)
             row["stuck"] = sorted(n for n, s in states.items() if s in STUCK_STATES)
             codes = await asyncio.gather(
@@ -832,24 +832,21 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def git_commit() -> str | None:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        if out.returncode == 0:
-            return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    return None
+    """The commit measured (`+dirty` when tracked files were changed)."""
+
+    def git(*args: str) -> str | None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=5
+            )
+            if done.returncode == 0:
+                return done.stdout.strip()
+        return None
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit is None:
+        return None
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -6,6 +6,10 @@ subscription ends (`complete`, `error`) or its socket drops, subscribes again wi
 the next one of its list. It records every event with its arrival time, so that what it
 got can be compared with the event log (`compare`) and the time to recover measured.
 
+It resumes after the highest sequence it holds. A change that names several nodes gives
+each its event with one sequence: a socket lost between those events would cost the
+rest of them on resume; the fault suite's plans name each data source once.
+
 It resumes on every *visible* end. A subscription that goes silent without an end is not
 resumed: that is a fault of the server, and the suite must show it, not paper over it.
 
