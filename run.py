@@ -323,6 +323,23 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     return loadtest_main(args)
 
 
+def add_faults_command(commands: Any) -> None:
+    from bench.faults import add_arguments
+
+    faults = commands.add_parser(
+        "faults",
+        help="the fault suite: kill the database, Redis, a worker, a gateway under traffic",
+    )
+    add_arguments(faults)
+    faults.set_defaults(func=cmd_faults)
+
+
+def cmd_faults(args: argparse.Namespace) -> int:
+    from bench.faults import main as faults_main
+
+    return faults_main(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command")
@@ -338,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.set_defaults(func=cmd_demo)
     add_worker_command(commands)
     add_loadtest_command(commands)
+    add_faults_command(commands)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):

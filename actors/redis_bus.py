@@ -128,6 +128,9 @@ class RedisBus:
         self.dropped = 0
         self.received = 0
         self.reconnects = 0
+        self.handler_errors = 0  # messages the hub could not take (see _hand_over)
+        self._last_handler_error = 0.0
+        self.resync_errors = 0
         self._resyncs: queue.SimpleQueue[int | None | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._resync_thread: threading.Thread | None = None
@@ -317,9 +320,35 @@ class RedisBus:
             return
         self.received += 1
         self._recent[project_id] = time.monotonic()
+        self._hand_over(bus_message)
+
+    def _hand_over(self, message: BusMessage) -> None:
+        """Give a message to this process's hub; an error there is not the connection's.
+
+        Letting it through would drop a healthy connection and, on reconnect, fail again
+        on the same project (a message of the catch-up): a loop in which the bus is
+        never healthy and no project hears anything. Instead it is counted and logged, and
+        the project catches up from the event log (the message was persisted first), on
+        the resync thread, once its actor can take it.
+        """
         deliver = self._deliver
-        if deliver is not None:
-            deliver(bus_message)
+        if deliver is None:
+            return
+        try:
+            deliver(message)
+        except Exception:  # noqa: BLE001 - one project's failure must not stop the bus
+            self.handler_errors += 1
+            now = time.monotonic()
+            if now - self._last_handler_error > 5:
+                log.exception(
+                    "redis bus: handing %s of project %s to the hub failed (%d so far); "
+                    "it will catch up from the event log",
+                    type(message).__name__,
+                    message.project_id,
+                    self.handler_errors,
+                )
+            self._last_handler_error = now
+            self._resyncs.put(message.project_id)
 
     def _timers(self) -> None:
         now = time.monotonic()
@@ -334,6 +363,7 @@ class RedisBus:
     # --- catching up, off the listener thread -----------------------------------------
 
     def _resync_loop(self) -> None:
+        last_error = 0.0
         while True:
             item = self._resyncs.get()
             if item is _STOP:
@@ -344,7 +374,16 @@ class RedisBus:
             try:
                 resync(item)  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001 - a failed catch-up is retried by the next one
-                log.exception("redis bus: catching up project %s failed", item)
+                self.resync_errors += 1
+                now = time.monotonic()
+                if now - last_error > 5:  # one line per burst, not one per message
+                    log.exception(
+                        "redis bus: catching up project %s failed (%d so far); the next "
+                        "message, quiet period or sweep tries again",
+                        "(all)" if item is None else item,
+                        self.resync_errors,
+                    )
+                last_error = now
 
 
 _STOP = object()

@@ -25,9 +25,16 @@ How a request goes, at least once:
    badge stays in processing. After `max_attempts` the request is given up: its nodes end
    in `error`.
 
+Order: requests for one data source run one after the other, oldest first, as in one
+process; and a plan run and a project's data-source requests never overlap (each waits for
+the older ones of the other kind). A reprocessing that overlapped a run would move a data
+source the run had marked `pending` on by itself; the run's own step for that node then
+finds it no longer pending and ends without completing it, and the nodes below it would wait
+in `pending` for good (seen by the fault suite after a worker restart, when the backlog of
+requests is claimed at once).
+
 Stops: `stopPlanExecution` flags the row and NOTIFYs `planpulse_stop`; the worker holding
 the run stops it (it also re-reads the flag while it waits, in case it missed the NOTIFY).
-Requests for one data source run one after the other, oldest first, as in one process.
 """
 
 from __future__ import annotations
@@ -183,8 +190,9 @@ WHERE NOT EXISTS (
           AND l.objid = r.id::oid AND l.objsubid = 2)
   AND NOT EXISTS (
         SELECT 1 FROM work_requests e
-        WHERE r.kind = 'process_data_source' AND e.kind = 'process_data_source'
-          AND e.data_source_id = r.data_source_id AND e.id < r.id)
+        WHERE e.project_id = r.project_id AND e.id < r.id
+          AND (e.kind <> r.kind
+               OR (r.kind = 'process_data_source' AND e.data_source_id = r.data_source_id)))
 ORDER BY r.id
 LIMIT 1
 FOR UPDATE OF r SKIP LOCKED

@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from actors.bus import InProcessBus
 from actors.messages import BusMessage, PlanChanged, StatusChanged
 from actors.redis_bus import RedisBus, bus_from_url, split_bus_url
 from actors.state import StateStore
 from actors.work_queue import QueueWorker, WorkQueue
+from bench.redis_server import RedisServer
 from storage import queries
 from storage.db import Database
 from storage.work_requests import WorkRequest
-from tests.cluster import free_port, healthz
+from tests.cluster import healthz
 from tests.conftest import IN_CI, REDIS_URL, RunningServer, need_server
 from tests.helpers import async_wait_until, client, request, subscriber_count, wait_until
 from tests.plan_helpers import SERVICES, add_node, add_source
@@ -177,59 +177,20 @@ def test_lost_messages_are_filled_from_the_log(start_pg_server: Any) -> None:
 # --- a Redis of our own, to stop and restart ------------------------------------------------
 
 
-class PrivateRedis:
-    """A redis-server on a free port that the test may stop and start again."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-            + ["--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        r = redis.Redis(port=self.port)
-        try:
-            wait_until(lambda: _pings(r), what="the private redis-server is up")
-        finally:
-            r.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
-def _pings(r: redis.Redis) -> bool:
-    try:
-        return bool(r.ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+def private_redis() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         message = "this test starts and stops a redis-server of its own: none is installed"
         pytest.fail(message) if IN_CI else pytest.skip(message)
-    server = PrivateRedis(tmp_path)
-    server.start()
+    server = RedisServer().start()
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 def test_a_redis_outage_shows_in_healthz_and_nothing_is_lost(
-    start_pg_server: Any, private_redis: PrivateRedis
+    start_pg_server: Any, private_redis: RedisServer
 ) -> None:
     """Redis dies mid-life: /healthz says so; work still runs (the queue is PostgreSQL);
     after Redis restarts the gateway reconnects, and the subscriber gets what happened
@@ -258,7 +219,7 @@ def test_a_redis_outage_shows_in_healthz_and_nothing_is_lost(
                 await admin.execute(request(reprocess, i=source))
                 await async_wait_until(lambda: len(seen) == 2, what="the first processing")
 
-                await asyncio.to_thread(private_redis.stop)
+                await asyncio.to_thread(private_redis.kill)
                 await async_wait_until(
                     lambda: _only_the_bus_is_down(server.port), what="/healthz reporting it"
                 )
@@ -386,3 +347,143 @@ def test_requests_for_one_data_source_run_one_after_the_other(start_pg_server: A
     with db.read() as s:
         states = [row.payload["executionState"] for row in queries.events_after(s, pid, 0)]
     assert states == ["processing", "completed"] * 3
+
+
+# --- a handler error is not a connection error --------------------------------------------
+
+
+def test_the_listener_survives_an_error_in_the_hub(redis_up: None) -> None:
+    """The hub raising for one project (its actor died) must not cost the connection: the
+    bus stays healthy, other projects' messages go on, and the failing project is asked to
+    catch up from the log instead (its message was persisted before it was published)."""
+    url = bus_url()
+    received: list[BusMessage] = []
+    resyncs: list[int | None] = []
+
+    def deliver(message: BusMessage) -> None:
+        if message.project_id == 7:
+            raise RuntimeError("project 7's actor is dead")
+        received.append(message)
+
+    listener = RedisBus(url)
+    publisher = RedisBus(url, listen=False)
+    try:
+        listener.attach(deliver, resync=resyncs.append)
+        listener.watch(7)
+        listener.watch(8)
+        prefix = split_bus_url(url)[1]
+        wait_until(lambda: len(channels(prefix)) == 2, what="SUBSCRIBE 7 and 8")
+        wait_until(listener.healthy, what="the listener connected")
+        resyncs.clear()
+        for sequence in (1, 2, 3):
+            publisher.publish(status(7, sequence))
+            publisher.publish(status(8, sequence))
+        wait_until(lambda: len(received) == 3, what="project 8's three messages")
+        assert received == [status(8, 1), status(8, 2), status(8, 3)]
+        wait_until(lambda: resyncs.count(7) >= 3, what="a catch-up of 7 per failed message")
+        assert listener.handler_errors == 3
+        assert listener.healthy()
+        assert listener.reconnects == 0
+    finally:
+        listener.close()
+        publisher.close()
+
+
+def test_a_dead_project_actor_does_not_take_the_bus_down(start_pg_server: Any) -> None:
+    """What the issue saw after a database cut: a project actor died, the hub kept routing
+    to it, and the listener reconnected on every message, never healthy again (/healthz 503
+    `bus: false`) and deaf for every project. Now the bus stays up and the other project's
+    subscriber gets every event."""
+    url = bus_url()
+    server = start_pg_server(bus_url=url, executors=False)
+    db = server.app.db
+    dead_pid, dead_source = _project_with_source(db)
+    live_pid, live_source = _project_with_source(db)
+    store = StateStore(db)
+    publisher = RedisBus(url, listen=False)
+    seen: list[int] = []
+    prefix = split_bus_url(url)[1]
+
+    async def scenario() -> None:
+        async with client(server.url) as doomed, client(server.url) as session:
+
+            async def watch(on: Any, pid: int, into: list[int]) -> None:
+                async for result in on.subscribe(request(SUBSCRIPTION, projectId=pid)):
+                    into.append(result["nodeExecutionStatusChanged"]["sequence"])
+
+            watchers = [
+                asyncio.ensure_future(watch(doomed, dead_pid, [])),
+                asyncio.ensure_future(watch(session, live_pid, seen)),
+            ]
+            try:
+                await async_wait_until(
+                    lambda: (
+                        subscriber_count(server, dead_pid) == 1
+                        and subscriber_count(server, live_pid) == 1
+                    )
+                )
+                await async_wait_until(lambda: len(channels(prefix)) == 2, what="both watched")
+                # The actor dies behind the hub's back, as an exception in a handler does.
+                ref = server.app.hub._actors[dead_pid]
+                await asyncio.to_thread(ref.stop)
+                for n in range(1, 5):
+                    for source in (dead_source, live_source):
+                        change = (
+                            store.data_source_processing(source)
+                            if n % 2
+                            else store.data_source_completed(source, {"nodes": [], "edges": []})
+                        )
+                        publisher.publish(change)
+                await async_wait_until(lambda: len(seen) >= 4, what="the live project's events")
+                status, body = await asyncio.to_thread(healthz, server.port)
+                assert status == 200, body
+                assert server.app.bus.reconnects == 0
+            finally:
+                for watcher in watchers:
+                    watcher.cancel()
+                await asyncio.gather(*watchers, return_exceptions=True)
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        publisher.close()
+    assert seen == [1, 2, 3, 4]
+
+
+def test_a_plan_run_and_its_projects_data_source_requests_never_overlap(pg_url: str) -> None:
+    """Claims follow the queue per project: a run waits for the project's older
+    data-source requests, and those queued after it wait for the run. (Overlapping, a
+    reprocessing moved a data source the run had marked pending, the run's step for it
+    ended without completing it, and the nodes below stayed pending for good.)"""
+    from types import SimpleNamespace
+
+    from actors.work_queue import _Slot
+
+    db = Database(pg_url)
+    db.create_schema()
+    try:
+        pid, source = _project_with_source(db)
+        other_source = _project_with_source(db)[1]  # another project's
+        queue = WorkQueue(StateStore(db), InProcessBus())
+        first = queue.process_data_source(source)
+        queue.run_plan(pid)
+        queue.process_data_source(source)
+        unrelated = queue.process_data_source(other_source)
+        fake = SimpleNamespace(store=StateStore(db), bus=InProcessBus())
+        worker = QueueWorker(pg_url, fake, slots=1)  # type: ignore[arg-type]
+        slots = [_Slot(i) for i in range(3)]
+        try:
+            claimed = [worker._claim(slot) for slot in slots]
+            assert [c.id if c else None for c in claimed] == [first, unrelated, None]
+            worker._finish(slots[0], claimed[0])
+            run = worker._claim(slots[0])
+            assert run is not None and run.kind == "run_plan" and run.project_id == pid
+            assert worker._claim(slots[2]) is None  # the later reprocessing waits for it
+            worker._finish(slots[0], run)
+            last = worker._claim(slots[2])
+            assert last is not None and last.kind == "process_data_source"
+        finally:
+            for slot in slots:
+                slot.drop_connection()
+    finally:
+        db.dispose()
