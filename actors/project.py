@@ -43,6 +43,7 @@ from actors.runtime import ShardedActor
 from actors.state import message_from_row, status_from_row
 from storage import queries
 from storage.db import Database
+from storage.models import DataSource, Graph
 
 log = logging.getLogger(__name__)
 
@@ -280,17 +281,15 @@ class ProjectActor(ShardedActor):
         latest = queries.latest_status_events(s, self.project_id, stamp)
         oldest = queries.oldest_retained_sequence(s, self.project_id)
         trimmed_before = oldest if oldest is not None and oldest > 1 else None
-        sources = {d.id: d for d in queries.list_data_sources(s, self.project_id)}
-        graphs = {g.node_id: g for g in queries.list_graphs(s, self.project_id)}
+        sources, graphs = queries.entity_ids(s, self.project_id)
         changes: list[StatusChanged] = []
         for node in queries.list_nodes(s, self.project_id):
             config = node.config if isinstance(node.config, dict) else {}
-            source = sources.get(config.get("dataSourceId"))  # type: ignore[arg-type]
-            graph = graphs.get(node.id)
-            if node.node_type == "DataSourceNode" and source is not None:
-                key, entity_row = ("datasource", source.id), source
-            elif node.node_type != "DataSourceNode" and graph is not None:
-                key, entity_row = ("graph", graph.id), graph
+            source_id = config.get("dataSourceId")
+            if node.node_type == "DataSourceNode" and source_id in sources:
+                key = ("datasource", source_id)
+            elif node.node_type != "DataSourceNode" and node.id in graphs:
+                key = ("graph", graphs[node.id])
             else:
                 continue
             row = latest.get(key)
@@ -299,7 +298,7 @@ class ProjectActor(ShardedActor):
                     change = status_from_row(row)
                     changes.append(replace(change, nodes=((node.id, node.node_type),)))
             elif trimmed_before is not None:
-                changes.append(self._from_entity_row(key[0], entity_row, trimmed_before - 1, node))
+                changes.append(self._from_entity_row(s, key, trimmed_before - 1, node))
         changes.sort(key=lambda change: (change.sequence, change.nodes[0][0]))
         items: list[Item] = []
         for change in changes:
@@ -307,16 +306,22 @@ class ProjectActor(ShardedActor):
                 items.append((event["nodeId"], event["sequence"], selection.render(event)))
         return items
 
-    def _from_entity_row(self, entity: str, row: Any, sequence: int, node: Any) -> StatusChanged:
+    def _from_entity_row(
+        self, s: Any, key: tuple[str, int], sequence: int, node: Any
+    ) -> StatusChanged:
+        """A node's state from its entity's row, when the log no longer holds it."""
+        entity, entity_id = key
         if entity == "datasource":
+            row: Any = s.get(DataSource, entity_id)
             payload = queries.data_source_payload(row)
         else:
+            row = s.get(Graph, entity_id)
             payload = queries.graph_payload(row)
         return StatusChanged(
             self.project_id,
             sequence,
             entity,
-            row.id,
+            entity_id,
             None if entity == "datasource" else node.id,
             payload,
             queries.rfc3339(row.updated_at) or "",

@@ -522,6 +522,16 @@ def events_after(
     return s.scalars(stmt).all()
 
 
+def entity_ids(s: Session, project_id: int) -> tuple[set[int], dict[str, int]]:
+    """The project's data source ids, and its graphs' ids by node: ids only (no file
+    content, no graph JSON), for a snapshot that takes states from the log."""
+    sources = set(s.scalars(select(DataSource.id).where(DataSource.project_id == project_id)))
+    graphs = dict(
+        s.execute(select(Graph.node_id, Graph.id).where(Graph.project_id == project_id)).all()
+    )
+    return sources, graphs
+
+
 def latest_status_events(
     s: Session, project_id: int, upto: int
 ) -> dict[tuple[str, int], ExecutionEvent]:
