@@ -114,7 +114,12 @@ class LoadGenerator:
         self._prepared: dict[int, int] = {}
 
     def prepare(self, projects: int) -> dict[int, int]:
-        """Projects 1..n with their load data source; returns project id → source id."""
+        """Projects 1..n with their load data source; returns project id → source id.
+
+        The synthetic nodes are not logged as plan edits (they are setup, made with their
+        fresh source in one transaction: the source's first change names its node), so a
+        load project's sequences are its state changes only, 1, 2, 3, …
+        """
         _check_count("projects", projects, MAX_PROJECTS)
         db = self.store.db
         with db.write() as s:
