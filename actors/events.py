@@ -23,15 +23,27 @@ def node_events(change: LoggedChange) -> list[dict[str, Any]]:
     if not isinstance(change, StatusChanged):
         return []
     datasource = change.entity == "datasource"
+    # The frontend's newer document names the same state `datasetExecution { dataSetId }`:
+    # one renamed copy per change (not per node or subscriber), so both generations of the
+    # document are answered from the same stored event.
+    dataset = dataset_state(change.state) if datasource else None
     return [
         {
             "projectId": change.project_id,
             "nodeId": node_id,
             "nodeType": node_type,
             "datasourceExecution": change.state if datasource else None,
+            "datasetExecution": dataset,
             "graphExecution": None if datasource else change.state,
             "timestamp": change.timestamp,
             "sequence": change.sequence,
         }
         for node_id, node_type in change.nodes
     ]
+
+
+def dataset_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A data source's state under the newer document's names (`dataSetId`)."""
+    renamed = {k: v for k, v in state.items() if k != "dataSourceId"}
+    renamed["dataSetId"] = state.get("dataSourceId")
+    return renamed

@@ -24,6 +24,14 @@ DATASOURCE_EVENT = {
         "executionState": "completed",
         "errorMessage": None,
     },
+    "datasetExecution": {
+        "dataSetId": 1,
+        "filename": "a.csv",
+        "status": "active",
+        "processedAt": "2026-11-29T17:00:00.000Z",
+        "executionState": "completed",
+        "errorMessage": None,
+    },
     "graphExecution": None,
     "timestamp": "2026-11-29T17:00:00.001Z",
     "sequence": 9,
@@ -33,6 +41,7 @@ GRAPH_EVENT = {
     "nodeId": "graph",
     "nodeType": "MergeNode",
     "datasourceExecution": None,
+    "datasetExecution": None,
     "graphExecution": {
         "graphId": 2,
         "nodeCount": 5,
@@ -44,6 +53,13 @@ GRAPH_EVENT = {
 }
 
 DOCUMENTS = [
+    # the frontend's current document (issue 15): datasetExecution, annotations
+    """subscription NodeExecutionStatusChanged($projectId: Int!) {
+      nodeExecutionStatusChanged(projectId: $projectId) { projectId nodeId nodeType
+        datasetExecution { dataSetId filename status processedAt executionState errorMessage }
+        graphExecution { graphId nodeCount edgeCount executionState computedDate errorMessage
+      annotations }
+        timestamp } }""",
     # the frontend's verbatim document
     """subscription NodeExecutionStatusChanged($projectId: Int!) {
       nodeExecutionStatusChanged(projectId: $projectId) {
