@@ -97,6 +97,14 @@ class Hub:
                 self._last_routed[project_id] = time.monotonic()
                 ref.tell(Unsubscribe(key))
 
+    def tell_presence(self, project_id: int, message: Any) -> None:
+        """A presence update or leave (actors/presence.py): it starts the actor, which
+        keeps presence in memory; a leave for a project without an actor is nothing."""
+        with self._lock:
+            if message.__class__.__name__ == "PresenceLeave" and project_id not in self._actors:
+                return
+            self._get_or_start(project_id).tell(message)
+
     def resync_all(self) -> None:
         """After the bus may have lost messages: every actor catches up from the log."""
         with self._lock:

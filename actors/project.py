@@ -39,6 +39,8 @@ from actors.messages import (
     Subscriber,
     Unsubscribe,
 )
+from actors.plan_events import DELTA, PLAN, delta_events, plan_dag_events
+from actors.presence import PresenceBoard, PresenceLeave, PresenceUpdate
 from actors.runtime import ShardedActor
 from actors.state import message_from_row, status_from_row
 from storage import queries
@@ -50,6 +52,29 @@ log = logging.getLogger(__name__)
 REPLAY_PAGE = 1000
 
 Item = tuple[str, int, bytes]  # (node id, sequence, rendered payload)
+
+PRESENCE = "presence"
+# What each stream makes of a logged change (plan streams: one event per plan edit).
+_EVENTS: dict[str, Callable[[LoggedChange], list[dict[str, Any]]]] = {
+    "status": node_events,
+    PLAN: plan_dag_events,
+    DELTA: delta_events,
+    PRESENCE: lambda _change: [],
+}
+
+
+def _stream(selection: Selection) -> str:
+    return getattr(selection, "stream", "status")
+
+
+def _item(stream: str, event: dict[str, Any], payload: bytes) -> Item:
+    """Status items coalesce per node in a slow mailbox; plan edits never coalesce (node
+    id None); presence coalesces per user."""
+    if stream == "status":
+        return (event["nodeId"], event["sequence"], payload)
+    if stream == PRESENCE:
+        return ("user:" + event["userId"], 0, payload)
+    return (None, event["sequence"], payload)  # type: ignore[return-value]
 
 
 class _Group:
@@ -80,6 +105,7 @@ class ProjectActor(ShardedActor):
         self.subscriber_groups: dict[Hashable, Hashable] = {}
         self.gap_fills = 0  # reads of the log for missing sequences (not per plan edit)
         self.last_activity = time.monotonic()
+        self.presence = PresenceBoard()  # memory only (actors/presence.py)
         # Read here, in the thread that starts the actor (the hub's, while it routes the
         # first Subscribe), not in on_start: a change committed between the subscribe and
         # the actor's first step must count as new and be delivered.
@@ -99,6 +125,12 @@ class ProjectActor(ShardedActor):
             self._remove(message.key)
         elif isinstance(message, PlanChanged):
             self._on_change(message)
+        elif isinstance(message, PresenceUpdate):
+            self._send_presence(self.presence.update(message))
+        elif isinstance(message, PresenceLeave):
+            left = self.presence.leave(message.connection)
+            if left is not None:
+                self._send_presence(left)
         elif isinstance(message, Resync):
             self._resync()
         elif isinstance(message, IdleCheck):
@@ -118,6 +150,8 @@ class ProjectActor(ShardedActor):
         }
 
     def _is_idle(self, idle_seconds: float) -> bool:
+        if self.presence:  # editors present: their presence lives here
+            return False
         return not self.subscriber_groups and time.monotonic() - self.last_activity >= idle_seconds
 
     # --- logged changes ---------------------------------------------------------------
@@ -153,19 +187,33 @@ class ProjectActor(ShardedActor):
         self.last_sequence = max(self.last_sequence, upto)
 
     def _publish(self, message: LoggedChange) -> None:
-        events = self.events_for(message)
         self.last_sequence = message.sequence
-        if not events:
-            return
+        # Each stream's events are built once per change, not per group or subscriber.
+        by_stream: dict[str, list[dict[str, Any]]] = {}
         for group in list(self.groups.values()):
-            items = [
-                (event["nodeId"], event["sequence"], group.selection.render(event))
-                for event in events
-            ]
+            stream = _stream(group.selection)
+            events = by_stream.get(stream)
+            if events is None:
+                events = by_stream[stream] = _EVENTS[stream](message)
+            if not events:
+                continue
+            items = [_item(stream, event, group.selection.render(event)) for event in events]
             for subscriber in list(group.subscribers.values()):
                 subscriber.deliver(items)
-        if self.on_delivered is not None and isinstance(message, StatusChanged):
+        if (
+            self.on_delivered is not None
+            and isinstance(message, StatusChanged)
+            and by_stream.get("status")
+        ):
             self.on_delivered(message.timestamp)
+
+    def _send_presence(self, event: dict[str, Any]) -> None:
+        for group in list(self.groups.values()):
+            if _stream(group.selection) != PRESENCE:
+                continue
+            items = [_item(PRESENCE, event, group.selection.render(event))]
+            for subscriber in list(group.subscribers.values()):
+                subscriber.deliver(items)
 
     def events_for(self, message: LoggedChange) -> list[dict[str, Any]]:
         """The NodeExecutionStatusEvents of a change: from the nodes it carries."""
@@ -208,6 +256,9 @@ class ProjectActor(ShardedActor):
         """
         selection = message.subscriber.selection
         after = message.after_sequence
+        if _stream(selection) == PRESENCE:  # the current editors, then live
+            current = self.presence.current()
+            return [[_item(PRESENCE, e, selection.render(e)) for e in current]] if current else []
         with self.db.consistent_read() as s:
             if queries.get_project(s, self.project_id) is None:
                 raise _Refused(
@@ -233,7 +284,7 @@ class ProjectActor(ShardedActor):
                         code="RESUME_TOO_OLD",
                         oldest=oldest,
                     )
-            if message.snapshot:
+            if message.snapshot and _stream(selection) == "status":
                 return [self._snapshot(s, selection, stamp)]
         return []
 
@@ -254,16 +305,19 @@ class ProjectActor(ShardedActor):
         """The logged state changes in (after, upto], one query per page."""
         pages: list[list[Item]] = []
         cursor = after
+        stream = _stream(selection)
+        status = stream == "status"
         while cursor < upto:
             rows = queries.events_after(
-                s, self.project_id, cursor, REPLAY_PAGE, upto, status_only=True
+                s, self.project_id, cursor, REPLAY_PAGE, upto, status_only=status
             )
             if not rows:
                 break
             page = []
             for row in rows:
-                for event in node_events(status_from_row(row)):
-                    page.append((event["nodeId"], event["sequence"], selection.render(event)))
+                change = status_from_row(row) if status else message_from_row(row)
+                for event in _EVENTS[stream](change):
+                    page.append(_item(stream, event, selection.render(event)))
             pages.append(page)
             cursor = rows[-1].sequence
         return pages

@@ -22,6 +22,8 @@ class Grant:
 
     projects: frozenset[int] | None
     admin: bool
+    # Who the token names (presence, plan edits' userId); None without auth.
+    user: str | None = None
 
 
 OPEN = Grant(projects=None, admin=True)
@@ -56,9 +58,11 @@ class Authenticator:
             token = queries.find_token(s, raw)
             if token is None:
                 return None
+            user = token.name or f"token-{token.id}"
             if token.admin:
-                return OPEN
-            return Grant(projects=frozenset(int(p) for p in token.project_ids), admin=False)
+                return Grant(projects=None, admin=True, user=user)
+            projects = frozenset(int(p) for p in token.project_ids)
+            return Grant(projects=projects, admin=False, user=user)
 
 
 def bearer_token(payload: dict[str, Any] | None) -> str | None:

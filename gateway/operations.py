@@ -27,6 +27,7 @@ from graphql import (
 )
 from graphql.execution.values import get_argument_values, get_variable_values
 
+from gateway.plan_edits import check_plan
 from gateway.projection import compile_projection
 
 
@@ -116,6 +117,15 @@ def document_depth(document: DocumentNode) -> int:
     )
 
 
+# The subscription fields, and the stream of the project actor each one is fed from.
+STREAMS = {
+    "nodeExecutionStatusChanged": "status",
+    "planDagChanged": "plan",
+    "planDagDeltaChanged": "delta",
+    "userPresenceChanged": "presence",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriptionRequest:
     """What a subscribe message asks for, with its arguments coerced."""
@@ -123,6 +133,7 @@ class SubscriptionRequest:
     project_id: int
     after_sequence: int | None
     snapshot: bool
+    stream: str = "status"
 
 
 def operation_of(document: DocumentNode, operation_name: str | None) -> OperationDefinitionNode:
@@ -132,6 +143,11 @@ def operation_of(document: DocumentNode, operation_name: str | None) -> Operatio
             raise GraphQLError(f"Unknown operation named '{operation_name}'.")
         raise GraphQLError("Must provide operation name if query contains multiple operations.")
     return operation
+
+
+def root_field(operation: OperationDefinitionNode) -> str | None:
+    field_node = operation.selection_set.selections[0]
+    return field_node.name.value if isinstance(field_node, FieldNode) else None
 
 
 def subscription_request(
@@ -144,18 +160,33 @@ def subscription_request(
     if isinstance(coerced, list):
         raise coerced[0]
     field_node = operation.selection_set.selections[0]
-    if not isinstance(field_node, FieldNode) or field_node.name.value != (
-        "nodeExecutionStatusChanged"
-    ):
+    name = field_node.name.value if isinstance(field_node, FieldNode) else None
+    if name not in STREAMS:
         raise GraphQLError(
-            "subscriptions must select nodeExecutionStatusChanged directly (not through a fragment)"
+            "subscriptions must select one of "
+            + ", ".join(STREAMS)
+            + " directly (not through a fragment)"
         )
-    field_def = schema.subscription_type.fields["nodeExecutionStatusChanged"]  # type: ignore[union-attr]
+    assert isinstance(field_node, FieldNode)
+    field_def = schema.subscription_type.fields[name]  # type: ignore[union-attr]
     args = get_argument_values(field_def, field_node, coerced)
+    if name == "userPresenceChanged":
+        try:
+            project_id = int(args["planId"])
+        except ValueError:
+            raise GraphQLError(
+                f"planId {args['planId']!r} is not a plan id: a plan's id is its project's "
+                "id (a number)",
+                extensions={"code": "PLAN_NOT_FOUND"},
+            ) from None
+    else:
+        project_id = args["projectId"]
+        check_plan(project_id, args.get("planId"))
     return SubscriptionRequest(
-        project_id=args["projectId"],
+        project_id=project_id,
         after_sequence=args.get("afterSequence"),
         snapshot=bool(args.get("snapshot")),
+        stream=STREAMS[name],
     )
 
 
@@ -210,7 +241,15 @@ class SubscriptionSelection:
     flat however long the stream.
     """
 
-    __slots__ = ("key", "schema", "document", "variables", "operation_name", "_projection")
+    __slots__ = (
+        "key",
+        "schema",
+        "document",
+        "variables",
+        "operation_name",
+        "stream",
+        "_projection",
+    )
 
     def __init__(
         self,
@@ -226,6 +265,8 @@ class SubscriptionSelection:
         self.variables = variables
         self.operation_name = operation_name
         operation = get_operation_ast(document, operation_name)
+        # Which of the project actor's streams feeds it (status, plan, delta, presence).
+        self.stream = STREAMS.get((operation and root_field(operation)) or "", "status")
         self._projection = (
             compile_projection(schema, document, operation, variables) if operation else None
         )

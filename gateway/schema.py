@@ -24,9 +24,11 @@ from actors.loadgen import LoadGenerator
 from actors.messages import LoggedChange
 from actors.plan import PlanRefused
 from actors.state import StateStore, named_source, status_from_row
+from gateway import plan_edits
+from gateway.plan_edits import check_plan, with_patch
 from storage import queries
 from storage.db import Database
-from storage.models import DataSource, Graph, PlanDagEdge, PlanDagNode, Project
+from storage.models import DataSource, Graph, PlanDagEdge, PlanDagNode, Project, utcnow
 
 SCHEMA_SDL = (Path(__file__).parent / "schema.graphql").read_text()
 MAX_EVENTS_PAGE = 1000
@@ -118,6 +120,11 @@ def _ctx(info: GraphQLResolveInfo) -> RequestContext:
     return info.context
 
 
+def _user(ctx: RequestContext) -> str | None:
+    """The editor named in plan-edit payloads (set per connection by the gateway)."""
+    return ctx.extras.get("userId")
+
+
 def node_execution_states(s: Any, project_id: int, nodes: list[PlanDagNode]) -> dict[str, str]:
     """Each node's current executionState: its data source's, or its graph's."""
     sources = {d.id: d.execution_state for d in queries.list_data_sources(s, project_id)}
@@ -169,9 +176,12 @@ def resolve_project(_root: Any, info: GraphQLResolveInfo, id: int) -> dict[str, 
         return project_dict(project) if project else None
 
 
-def resolve_plan_dag(_root: Any, info: GraphQLResolveInfo, projectId: int) -> dict[str, Any] | None:
+def resolve_plan_dag(
+    _root: Any, info: GraphQLResolveInfo, projectId: int, planId: int | None = None
+) -> dict[str, Any] | None:
     ctx = _ctx(info)
     ctx.check_project(projectId)
+    check_plan(projectId, planId)
     with ctx.services.db.read() as s:
         if queries.get_project(s, projectId) is None:
             return None
@@ -181,6 +191,7 @@ def resolve_plan_dag(_root: Any, info: GraphQLResolveInfo, projectId: int) -> di
             "projectId": projectId,
             "nodes": [node_dict(n, states[n.id]) for n in nodes],
             "edges": [edge_dict(e) for e in queries.list_edges(s, projectId)],
+            "version": queries.last_sequence(s, projectId),
         }
 
 
@@ -251,9 +262,11 @@ def resolve_add_node(
     store = ctx.services.store
     with ctx.services.db.write() as s:
         row = queries.add_node(s, projectId, node_id=node.get("id"), **_node_fields(node))
-        change = queries.node_change("added", row)
-        logged = store.plan_edit(s, projectId, change, names_source_of=row)
         result = node_dict(row, node_execution_states(s, projectId, [row])[row.id])
+        at = plan_edits.node_index(s, projectId, row.id)
+        patch = [{"op": "add", "path": f"/nodes/{at}", "value": result}]
+        change = with_patch(queries.node_change("added", row), _user(ctx), patch)
+        logged = store.plan_edit(s, projectId, change, names_source_of=row)
     _publish(ctx, logged)
     return result
 
@@ -267,11 +280,13 @@ def resolve_update_node(
     with ctx.services.db.write() as s:
         named_before = named_source(queries.require_node(s, projectId, nodeId))
         row = queries.update_node(s, projectId, nodeId, **_node_fields(node))
-        change = queries.node_change("updated", row)
+        result = node_dict(row, node_execution_states(s, projectId, [row])[row.id])
+        at = plan_edits.node_index(s, projectId, row.id)
+        patch = [{"op": "replace", "path": f"/nodes/{at}", "value": result}]
+        change = with_patch(queries.node_change("updated", row), _user(ctx), patch)
         # Announce the source only to a node that names it anew (not on a label edit).
         newly = row if named_source(row) != named_before else None
         logged = store.plan_edit(s, projectId, change, names_source_of=newly)
-        result = node_dict(row, node_execution_states(s, projectId, [row])[row.id])
     _publish(ctx, logged)
     return result
 
@@ -286,9 +301,15 @@ def resolve_delete_node(_root: Any, info: GraphQLResolveInfo, projectId: int, no
         if row is None:
             return False
         # Its edges go with it: each removal is an edit of its own, before the node's.
+        edge_ids = [e.id for e in queries.list_edges(s, projectId)]
         for edge in queries.edges_of_node(s, projectId, nodeId):
-            logged += store.plan_edit(s, projectId, queries.edge_change("removed", edge))
-        change = queries.node_change("removed", row)
+            at = edge_ids.index(edge.id)
+            edge_ids.pop(at)
+            patch = [{"op": "remove", "path": f"/edges/{at}"}]
+            change = with_patch(queries.edge_change("removed", edge), _user(ctx), patch)
+            logged += store.plan_edit(s, projectId, change)
+        patch = [{"op": "remove", "path": f"/nodes/{plan_edits.node_index(s, projectId, nodeId)}"}]
+        change = with_patch(queries.node_change("removed", row), _user(ctx), patch)
         queries.delete_node(s, projectId, nodeId)
         logged += store.plan_edit(s, projectId, change)
     _publish(ctx, logged)
@@ -309,8 +330,11 @@ def resolve_add_edge(
             edge_id=edge.get("id"),
             metadata=edge.get("metadata"),
         )
-        logged = ctx.services.store.plan_edit(s, projectId, queries.edge_change("added", row))
         result = edge_dict(row)
+        at = plan_edits.edge_index(s, projectId, row.id)
+        patch = [{"op": "add", "path": f"/edges/{at}", "value": result}]
+        change = with_patch(queries.edge_change("added", row), _user(ctx), patch)
+        logged = ctx.services.store.plan_edit(s, projectId, change)
     _publish(ctx, logged)
     return result
 
@@ -322,10 +346,103 @@ def resolve_delete_edge(_root: Any, info: GraphQLResolveInfo, projectId: int, ed
         row = s.get(PlanDagEdge, (projectId, edgeId))
         if row is None:
             return False
-        change = queries.edge_change("removed", row)
+        patch = [{"op": "remove", "path": f"/edges/{plan_edits.edge_index(s, projectId, edgeId)}"}]
+        change = with_patch(queries.edge_change("removed", row), _user(ctx), patch)
         queries.delete_edge(s, projectId, edgeId)
         logged = ctx.services.store.plan_edit(s, projectId, change)
     _publish(ctx, logged)
+    return True
+
+
+def resolve_move_node(
+    _root: Any,
+    info: GraphQLResolveInfo,
+    projectId: int,
+    nodeId: str,
+    position: dict[str, float],
+    planId: int | None = None,
+) -> dict[str, Any]:
+    moved = _move(_ctx(info), projectId, planId, [{"nodeId": nodeId, "position": position}])
+    return moved[0]
+
+
+def resolve_batch_move(
+    _root: Any,
+    info: GraphQLResolveInfo,
+    projectId: int,
+    nodePositions: list[dict[str, Any]],
+    planId: int | None = None,
+) -> list[dict[str, Any]]:
+    return _move(_ctx(info), projectId, planId, nodePositions)
+
+
+def _move(
+    ctx: RequestContext, project_id: int, plan_id: int | None, moves: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Position edits, one transaction, each logged as its own "moved" plan edit."""
+    ctx.check_project(project_id)
+    check_plan(project_id, plan_id)
+    logged: list[LoggedChange] = []
+    results = []
+    with ctx.services.db.write() as s:
+        for move in moves:
+            row = queries.require_node(s, project_id, move["nodeId"])
+            row.position_x = float(move["position"]["x"])
+            row.position_y = float(move["position"]["y"])
+            row.updated_at = utcnow()
+            s.flush()
+            at = plan_edits.node_index(s, project_id, row.id)
+            patch = [
+                {"op": "replace", "path": f"/nodes/{at}/positionX", "value": row.position_x},
+                {"op": "replace", "path": f"/nodes/{at}/positionY", "value": row.position_y},
+            ]
+            change = with_patch(queries.node_change("moved", row), _user(ctx), patch)
+            logged += ctx.services.store.plan_edit(s, project_id, change)
+            results.append(node_dict(row, node_execution_states(s, project_id, [row])[row.id]))
+    _publish(ctx, logged)
+    return results
+
+
+def _presence(ctx: RequestContext, project_id: int, plan_id: Any) -> Any:
+    ctx.check_project(project_id)
+    check_plan(project_id, plan_id)
+    presence = ctx.extras.get("presence")
+    if presence is None:
+        raise GraphQLError(
+            "presence needs a WebSocket connection (graphql-transport-ws): it lasts as long "
+            "as the connection",
+            extensions={"code": "PRESENCE_NEEDS_CONNECTION"},
+        )
+    with ctx.services.db.read() as s:
+        queries.require_project(s, project_id)
+    return presence
+
+
+def resolve_join(
+    _root: Any, info: GraphQLResolveInfo, projectId: int, planId: int | None = None
+) -> bool:
+    _presence(_ctx(info), projectId, planId).update(projectId, {})
+    return True
+
+
+def resolve_leave(
+    _root: Any, info: GraphQLResolveInfo, projectId: int, planId: int | None = None
+) -> bool:
+    _presence(_ctx(info), projectId, planId).leave(projectId)
+    return True
+
+
+def resolve_update_presence(
+    _root: Any, info: GraphQLResolveInfo, projectId: int, planId: int | None = None, **fields: Any
+) -> bool:
+    presence = _presence(_ctx(info), projectId, planId)
+    update: dict[str, Any] = {}
+    cursor = fields.get("cursorPosition", fields.get("position"))
+    if cursor is not None:
+        update["cursorPosition"] = {"x": float(cursor["x"]), "y": float(cursor["y"])}
+    if "selectedNodeId" in fields:
+        update["selectedNodeId"] = fields["selectedNodeId"]
+    presence.update(projectId, update)
     return True
 
 
@@ -362,7 +479,11 @@ def resolve_create_data_source(
         )
         # A new source has no state to announce: its first change will name the node.
         assert node is not None
-        logged = ctx.services.store.plan_edit(s, project_id, queries.node_change("added", node))
+        value = node_dict(node, node_execution_states(s, project_id, [node])[node.id])
+        at = plan_edits.node_index(s, project_id, node.id)
+        patch = [{"op": "add", "path": f"/nodes/{at}", "value": value}]
+        change = with_patch(queries.node_change("added", node), _user(ctx), patch)
+        logged = ctx.services.store.plan_edit(s, project_id, change)
         result = data_source_dict(source)
     _publish(ctx, logged)
     work.process_data_source(result["id"])
@@ -454,6 +575,12 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "Mutation.deletePlanDagNode": resolve_delete_node,
     "Mutation.addPlanDagEdge": resolve_add_edge,
     "Mutation.deletePlanDagEdge": resolve_delete_edge,
+    "Mutation.movePlanDagNode": resolve_move_node,
+    "Mutation.batchMovePlanDagNodes": resolve_batch_move,
+    "Mutation.joinProjectCollaboration": resolve_join,
+    "Mutation.leaveProjectCollaboration": resolve_leave,
+    "Mutation.updateUserPresence": resolve_update_presence,
+    "Mutation.updateCursorPosition": resolve_update_presence,
     "Mutation.createDataSource": resolve_create_data_source,
     "Mutation.reprocessDataSource": resolve_reprocess_data_source,
     "Mutation.executeNode": resolve_execute_node,
@@ -463,6 +590,9 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "Mutation.startLoad": resolve_start_load,
     # The subscription's documents are executed against one event at a time, as root.
     "Subscription.nodeExecutionStatusChanged": lambda root, _info, **_args: root,
+    "Subscription.planDagChanged": lambda root, _info, **_args: root,
+    "Subscription.planDagDeltaChanged": lambda root, _info, **_args: root,
+    "Subscription.userPresenceChanged": lambda root, _info, **_args: root,
 }
 
 

@@ -42,6 +42,7 @@ from gateway.operations import (
     operation_of,
     subscription_request,
 )
+from gateway.presence import ConnectionPresence
 from gateway.schema import RequestContext, Services
 
 log = logging.getLogger(__name__)
@@ -287,7 +288,8 @@ class Connection:
             on_coalesced=gateway.metrics.frames_coalesced.inc,
             on_written=gateway.metrics.frames_delivered.inc,
         )
-        self.context = RequestContext(gateway.services)
+        self.presence = ConnectionPresence(gateway.services.hub, self.loop, gateway.pool)
+        self.context = RequestContext(gateway.services, extras=self.presence.extras())
         self.subscriptions: dict[str, tuple[int, SubscriptionMailbox]] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.closing = False
@@ -314,6 +316,7 @@ class Connection:
 
     def _end_everything(self) -> None:
         hub = self.gateway.services.hub
+        self.presence.end()  # an abrupt disconnect ends this connection's presence too
         for project_id, mailbox in self.subscriptions.values():
             self._off_loop(hub.unsubscribe, project_id, mailbox.key)
             self.outbox.drop(mailbox.serial)
@@ -361,8 +364,12 @@ class Connection:
         if grant is None:
             await self._apply(self.protocol.reject("Forbidden"))
             return
+        self.presence.name(grant.user, (payload or {}).get("userName"))
         self.context = RequestContext(
-            self.gateway.services, scope=grant.projects, admin=grant.admin
+            self.gateway.services,
+            scope=grant.projects,
+            admin=grant.admin,
+            extras=self.presence.extras(),
         )
         await self._apply(self.protocol.accept())
 
