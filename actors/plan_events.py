@@ -71,6 +71,8 @@ def delta_events(change: LoggedChange) -> list[dict[str, Any]]:
     return [
         {
             "projectId": change.project_id,
+            "planId": change.project_id,
+            "clientId": None,
             "version": change.sequence,
             "sequence": change.sequence,
             "userId": edit.get("userId"),

@@ -78,7 +78,10 @@ def project_dict(p: Project) -> dict[str, Any]:
 
 
 def node_dict(n: PlanDagNode, execution_state: str = "not_started") -> dict[str, Any]:
-    return {**queries.plan_node_payload(n), "executionState": execution_state}
+    payload = queries.plan_node_payload(n)
+    x, y = n.position_x, n.position_y
+    position = None if x is None or y is None else {"x": x, "y": y}
+    return {**payload, "position": position, "executionState": execution_state}
 
 
 def edge_dict(e: PlanDagEdge) -> dict[str, Any]:
@@ -395,6 +398,11 @@ def _move(
             patch = [
                 {"op": "replace", "path": f"/nodes/{at}/positionX", "value": row.position_x},
                 {"op": "replace", "path": f"/nodes/{at}/positionY", "value": row.position_y},
+                {
+                    "op": "replace",
+                    "path": f"/nodes/{at}/position",
+                    "value": {"x": row.position_x, "y": row.position_y},
+                },
             ]
             change = with_patch(queries.node_change("moved", row), _user(ctx), patch)
             logged += ctx.services.store.plan_edit(s, project_id, change)

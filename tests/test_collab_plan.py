@@ -25,7 +25,8 @@ subscription PlanDagChanged($projectId: Int!, $planId: Int) {
 """
 PLAN_DAG_DELTA = """
 subscription PlanDagDeltaChanged($projectId: Int!, $planId: Int) {
-  planDagDeltaChanged(projectId: $projectId, planId: $planId) { projectId version userId timestamp
+  planDagDeltaChanged(projectId: $projectId, planId: $planId) { projectId planId version userId
+    clientId timestamp
     operations { op path value from } } }
 """
 USER_PRESENCE = """
@@ -34,14 +35,15 @@ subscription UserPresenceChanged($planId: ID!) {
     selectedNodeId isActive lastSeen } }
 """
 PLAN_DAG = """query($p: Int!, $plan: Int) { planDag(projectId: $p, planId: $plan) { version
-  nodes { id nodeType config metadata positionX positionY executionState }
+  nodes { id nodeType config metadata positionX positionY position { x y } executionState }
   edges { id source target metadata } } }"""
 ADD_NODE = """mutation($p: Int!, $n: PlanDagNodeInput!) { addPlanDagNode(projectId: $p, node: $n)
   { id } }"""
 ADD_EDGE = """mutation($p: Int!, $e: PlanDagEdgeInput!) { addPlanDagEdge(projectId: $p, edge: $e)
   { id } }"""
 MOVE = """mutation($p: Int!, $n: String!, $x: Float!, $y: Float!) {
-  movePlanDagNode(projectId: $p, planId: $p, nodeId: $n, position: {x: $x, y: $y}) { id } }"""
+  movePlanDagNode(projectId: $p, planId: $p, nodeId: $n, position: {x: $x, y: $y}) {
+    id position { x y } } }"""
 BATCH_MOVE = """mutation($p: Int!, $m: [NodePositionInput!]!) {
   batchMovePlanDagNodes(projectId: $p, nodePositions: $m) { id positionX } }"""
 

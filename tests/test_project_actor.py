@@ -18,6 +18,7 @@ import orjson
 import pykka
 import pytest
 
+from actors.events import dataset_state
 from actors.hub import Hub
 from actors.messages import (
     IdleCheck,
@@ -161,6 +162,7 @@ def test_status_change_becomes_one_item_per_node_naming_the_source(
             "nodeId": node_id,
             "nodeType": "DataSourceNode",
             "datasourceExecution": change.state,
+            "datasetExecution": dataset_state(change.state),
             "graphExecution": None,
             "timestamp": change.timestamp,
             "sequence": sequence,

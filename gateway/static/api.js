@@ -5,6 +5,7 @@ const PROJECTS = `query Projects { projects { id name description updatedAt } }`
 const PLAN = `query Plan($projectId: Int!) {
   project(id: $projectId) { id name description }
   planDag(projectId: $projectId) {
+    version
     nodes { id nodeType config metadata positionX positionY executionState }
     edges { id source target }
   }
@@ -22,6 +23,34 @@ export const STATUS_SUBSCRIPTION = `subscription Status($projectId: Int!, $after
     datasourceExecution { dataSourceId filename status processedAt executionState errorMessage }
     graphExecution { graphId nodeCount edgeCount executionState computedDate errorMessage }
   }
+}`;
+
+export const PLAN_CHANGES = `subscription PlanDagChanged($projectId: Int!, $planId: Int, $afterSequence: Int) {
+  planDagChanged(projectId: $projectId, planId: $planId, afterSequence: $afterSequence) {
+    type changeId userId sequence
+    change {
+      ... on PlanDagNodeChange { operation node { id nodeType position { x y } metadata { label description } config } }
+      ... on PlanDagEdgeChange { operation edge { id source target } }
+    }
+  }
+}`;
+
+export const PRESENCE = `subscription UserPresenceChanged($planId: ID!) {
+  userPresenceChanged(planId: $planId) {
+    userId userName avatarColor cursorPosition { x y } selectedNodeId isActive lastSeen
+  }
+}`;
+
+const JOIN = `mutation Join($projectId: Int!) { joinProjectCollaboration(projectId: $projectId) }`;
+const LEAVE = `mutation Leave($projectId: Int!) { leaveProjectCollaboration(projectId: $projectId) }`;
+const CURSOR = `mutation Cursor($projectId: Int!, $cursor: CursorPositionInput, $selected: String) {
+  updateUserPresence(projectId: $projectId, cursorPosition: $cursor, selectedNodeId: $selected)
+}`;
+const MOVE = `mutation Move($projectId: Int!, $nodeId: String!, $position: PositionInput!) {
+  movePlanDagNode(projectId: $projectId, nodeId: $nodeId, position: $position) { id }
+}`;
+const DELETE_NODE = `mutation DeleteNode($projectId: Int!, $nodeId: String!) {
+  deletePlanDagNode(projectId: $projectId, nodeId: $nodeId)
 }`;
 
 const CREATE_PROJECT = `mutation CreateProject($input: CreateProjectInput!) {
@@ -79,6 +108,36 @@ export class Api {
 
   async stopPlan(projectId) {
     return (await this.client.request(STOP_PLAN, { projectId })).stopPlanExecution;
+  }
+
+  join(projectId) {
+    return this.client.request(JOIN, { projectId });
+  }
+
+  leave(projectId) {
+    return this.client.request(LEAVE, { projectId });
+  }
+
+  presence(projectId, cursor, selected) {
+    return this.client.request(CURSOR, { projectId, cursor, selected });
+  }
+
+  moveNode(projectId, nodeId, position) {
+    return this.client.request(MOVE, { projectId, nodeId, position });
+  }
+
+  deleteNode(projectId, nodeId) {
+    return this.client.request(DELETE_NODE, { projectId, nodeId });
+  }
+
+  /** Plan edits of a project (planDagChanged). */
+  watchPlan(variables, sink) {
+    return this.client.subscribe(PLAN_CHANGES, variables, sink);
+  }
+
+  /** Who else edits the plan (userPresenceChanged). */
+  watchPresence(variables, sink) {
+    return this.client.subscribe(PRESENCE, variables, sink);
   }
 
   /** Status events of a project; `variables()` is asked before each (re)subscribe. */

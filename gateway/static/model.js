@@ -25,11 +25,58 @@ export class PlanModel {
     this.byId = new Map();
     this.status = new Map(); // node id -> {state, sequence, source, graph}
     this.highestSequence = null; // highest sequence applied, null before the first
+    this.planVersion = null; // the sequence of the last plan edit the plan includes
+  }
+
+  /**
+   * Apply one planDagChanged event (another editor's edit, or this page's own).
+   * @returns {boolean} whether the plan changed (false: an edit the plan already has)
+   */
+  applyPlanEdit(event) {
+    const sequence = event.sequence;
+    if (this.planVersion !== null && sequence <= this.planVersion) return false;
+    this.planVersion = sequence;
+    const { change } = event;
+    if (change.node) {
+      const node = change.node;
+      if (change.operation === "removed") {
+        this.nodes = this.nodes.filter((n) => n.id !== node.id);
+        this.byId.delete(node.id);
+        return true;
+      }
+      const known = this.byId.get(node.id);
+      const fields = {
+        id: node.id,
+        nodeType: node.nodeType,
+        config: node.config,
+        metadata: node.metadata,
+        positionX: node.position?.x ?? null,
+        positionY: node.position?.y ?? null,
+      };
+      if (known) Object.assign(known, fields);
+      else {
+        const added = { ...fields, executionState: "not_started" };
+        this.nodes.push(added);
+        this.byId.set(added.id, added);
+        if (!this.status.has(added.id)) {
+          this.status.set(added.id, { state: "not_started", sequence: null, source: null, graph: null });
+        }
+      }
+      return true;
+    }
+    if (change.edge) {
+      const edge = change.edge;
+      this.edges = this.edges.filter((e) => e.id !== edge.id);
+      if (change.operation !== "removed") this.edges.push(edge);
+      return true;
+    }
+    return false;
   }
 
   /** Take the result of the Plan query (api.plan). */
   setPlan({ project, planDag, dataSources, graphs }) {
     this.project = project;
+    this.planVersion = planDag?.version ?? null;
     this.nodes = planDag?.nodes ?? [];
     this.edges = planDag?.edges ?? [];
     this.byId = new Map(this.nodes.map((n) => [n.id, n]));
