@@ -442,3 +442,52 @@ def test_page_paths_outside_the_static_files_are_refused_in_words(server: Runnin
     assert "no page file 'nothing.js'" in body and "app.js" in body
     status, _, body = _get(server, "/nowhere")
     assert (status, body) == (404, "nothing at /nowhere\n")
+
+
+def test_two_pages_show_each_others_plan_edits_and_presence(
+    app_server: Callable[..., RunningServer], watchers: Callable[..., Watcher]
+) -> None:
+    """Issue 15: an edit made on one page appears on the other without reload, and each
+    page shows who else is editing (and what they selected)."""
+    from playwright.sync_api import expect
+
+    server = app_server()
+    db = server.app.db
+    pid, ids = _service_map(db, "Collab map", with_services=False)
+    alice = watchers(server, "alice")
+    bob = watchers(server, "bob")
+    for person in (alice, bob):
+        person.open_project("Collab map")
+        person.expect_states({node_id: "not_started" for node_id in ids.values()})
+    # Both are here: each page lists two editors.
+    for person in (alice, bob):
+        expect(person.page.locator("#presence .presence-user")).to_have_count(2)
+
+    # Alice adds a node from her page's own connection: Bob's page draws it.
+    alice.page.evaluate(
+        """pid => window.planpulse.api.client.request(
+          `mutation($p: Int!, $n: PlanDagNodeInput!) {
+            addPlanDagNode(projectId: $p, node: $n) { id } }`,
+          { p: pid, n: { id: "shared", nodeType: "GraphNode", config: {},
+                         metadata: { label: "Shared" } } })""",
+        pid,
+    )
+    expect(bob.node("shared")).to_have_count(1)
+    # Alice moves it: Bob's page has the new position.
+    alice.page.evaluate(
+        'pid => window.planpulse.api.moveNode(pid, "shared", { x: 321, y: 123 })', pid
+    )
+    bob.page.wait_for_function(
+        'window.planpulse.current().model.byId.get("shared")?.positionX === 321'
+    )
+    # Bob selects it: Alice sees Bob's selection in his presence.
+    bob.node("shared").click()
+    expect(alice.page.locator("#presence .presence-user", has_text="shared")).to_have_count(1)
+    # Bob deletes it: it disappears from Alice's page.
+    bob.page.evaluate('pid => window.planpulse.api.deleteNode(pid, "shared")', pid)
+    expect(alice.node("shared")).to_have_count(0)
+
+    # Bob leaves the page (its socket goes with it): Alice's page shows one editor again.
+    bob.page.goto("about:blank")
+    expect(alice.page.locator("#presence .presence-user")).to_have_count(1)
+    assert alice.errors == [] and bob.errors == []

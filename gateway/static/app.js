@@ -7,6 +7,7 @@
 // replays what happened meanwhile and nothing is missed.
 
 import { Api } from "./api.js";
+import { Collaboration } from "./collab.js";
 import { DagView } from "./dag.js";
 import { Client, ConnectionError, Status } from "./gqlws.js";
 import { PlanModel, STATES } from "./model.js";
@@ -24,6 +25,9 @@ const client = new Client({
   onStatus: onConnectionStatus,
 });
 const api = new Api(client);
+// For tests and the console: the page's own API on its own connection.
+window.planpulse = { api, current: () => current };
+$("#canvas").addEventListener("mousemove", (e) => current?.collab?.cursor(e.offsetX, e.offsetY));
 
 const dag = new DagView($("#canvas"), { onSelect: selectNode, zoomLabel: $("#zoom-level") });
 $("#zoom-in").addEventListener("click", () => dag.zoomBy(1));
@@ -156,6 +160,8 @@ function route() {
 function closeProject() {
   if (!current) return;
   current.unwatch?.();
+  current.collab?.stop();
+  $("#presence").replaceChildren();
   clearTimeout(current.refetchTimer);
   current = null;
   $("#project").hidden = true;
@@ -170,6 +176,7 @@ async function openProject(projectId) {
     unwatch: null,
     loads: 0,
     refetchTimer: null,
+    collab: null,
   };
   current = open;
   $("#empty").hidden = true;
@@ -181,7 +188,43 @@ async function openProject(projectId) {
   details.clear();
   markActiveProject();
   // Without a connection the plan is loaded again once live; watch all the same.
-  if ((await loadPlan(open)) !== "refused" && current === open) watch(open);
+  if ((await loadPlan(open)) !== "refused" && current === open) {
+    watch(open);
+    collaborate(open);
+  }
+}
+
+/** Other editors: their plan edits drawn as they land, and who is here. */
+function collaborate(open) {
+  open.collab = new Collaboration(api, open.model, {
+    onPlanEdit: () => {
+      if (current === open) renderPlan(open.model);
+    },
+    onPresence: (users) => {
+      if (current === open) renderPresence(users);
+    },
+  });
+}
+
+function renderPresence(users) {
+  $("#presence").replaceChildren(
+    ...users.map((user) =>
+      h(
+        "span",
+        {
+          class: "presence-user",
+          dataset: { userId: user.userId },
+          title: user.selectedNodeId
+            ? `${user.userName} · selected ${user.selectedNodeId}`
+            : user.userName,
+          style: `--avatar: ${user.avatarColor}`,
+        },
+        h("span", { class: "presence-dot" }),
+        user.userName,
+        user.selectedNodeId ? h("small", {}, ` · ${user.selectedNodeId}`) : "",
+      ),
+    ),
+  );
 }
 
 /** The project cannot be shown (missing, or not allowed): say so where the plan would be. */
@@ -330,6 +373,7 @@ function selectNode(nodeId) {
   if (!current) return;
   dag.select(nodeId);
   details.show(current.model, nodeId);
+  current.collab?.select(nodeId);
 }
 
 async function act(button, what, action) {
