@@ -255,3 +255,88 @@ def test_js_and_python_clients_see_identical_events(server: Any, node: str) -> N
         if python_watch is not None:
             python_watch.cancel()
         watcher.kill()
+
+
+COLLAB_SCRIPT = JS_DIR / "collab.mjs"
+PY_PLAN_CHANGED = """subscription($projectId: Int!) { planDagChanged(projectId: $projectId) {
+  userId change { ... on PlanDagNodeChange { operation node { id } } } } }"""
+
+
+def test_node_and_python_editors_see_each_others_edits_and_presence(node: str, server: Any) -> None:
+    """Issue 15: the frontend's four documents, unmodified, from graphql-ws; a Python
+    client edits and watches the same project; each sees the other's edit and presence."""
+    project_id = asyncio.run(_create_project(server.url))
+    proc = subprocess.Popen(
+        [node, str(COLLAB_SCRIPT), server.url, str(project_id)],
+        cwd=JS_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NODE_NO_WARNINGS": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:
+            if line.strip() == "READY":
+                break
+            lines.append(line)
+        else:
+            raise AssertionError(f"collab.mjs ended before READY: {proc.stderr.read()}")  # type: ignore[union-attr]
+        wait_until(lambda: subscriber_count(server, project_id) == 4, what="Node's 4 streams")
+
+        async def python_editor() -> list[dict[str, Any]]:
+            seen: list[dict[str, Any]] = []
+            async with client(server.url, {"userName": "Python editor"}) as editor:
+                await editor.execute(
+                    request(
+                        "mutation($p: Int!) { joinProjectCollaboration(projectId: $p) }",
+                        p=project_id,
+                    )
+                )
+
+                async def watch() -> None:
+                    async with client(server.url) as watcher:
+                        async for result in watcher.subscribe(
+                            request(PY_PLAN_CHANGED, projectId=project_id)
+                        ):
+                            seen.append(result["planDagChanged"])
+                            if len(seen) == 2:
+                                return
+
+                task = asyncio.create_task(watch())
+                await asyncio.to_thread(
+                    wait_until, lambda: subscriber_count(server, project_id) == 5
+                )
+                await editor.execute(
+                    request(
+                        "mutation($p: Int!, $n: PlanDagNodeInput!) "
+                        "{ addPlanDagNode(projectId: $p, node: $n) { id } }",
+                        p=project_id,
+                        n={"id": "py", "nodeType": "GraphNode", "config": {}},
+                    )
+                )
+                await asyncio.wait_for(task, 20)  # the Node client's "js" edit arrives
+                code = await asyncio.to_thread(proc.wait, 30)
+                assert code == 0, proc.stderr.read()  # type: ignore[union-attr]
+            return seen
+
+        seen = asyncio.run(python_editor())
+        assert [e["change"]["node"]["id"] for e in seen] == ["py", "js"]
+        assert seen[0]["userId"] != seen[1]["userId"]  # two connections, two users
+        events = [json.loads(line) for line in [*lines, *proc.stdout]]
+        plan = [e["event"] for e in events if e["kind"] == "plan"]
+        assert [p["change"]["node"]["id"] for p in plan] == ["py", "js"]
+        assert [p["userId"] for p in plan] == [e["userId"] for e in seen]
+        deltas = [e["event"] for e in events if e["kind"] == "delta"]
+        assert [d["version"] for d in deltas] == [int(p["changeId"]) for p in plan]
+        assert deltas[0]["operations"][0]["op"] == "add"
+        names = {e["event"]["userName"] for e in events if e["kind"] == "presence"}
+        assert {"Node editor", "Python editor"} <= names
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
