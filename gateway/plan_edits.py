@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from graphql import GraphQLError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage import queries
+from storage.models import Project
 
 
 def check_plan(project_id: int, plan_id: Any) -> None:
@@ -47,3 +49,11 @@ def with_patch(
     change: dict[str, Any], user_id: str | None, patch: list[dict[str, Any]]
 ) -> dict[str, Any]:
     return {**change, "userId": user_id, "patch": patch}
+
+
+def lock_plan(s: Session, project_id: int) -> None:
+    """Take the project row's lock before a plan edit reads anything (PostgreSQL: SELECT …
+    FOR UPDATE; SQLite's write transaction is already exclusive). Edits of one plan are
+    then serialized whole, so the array indexes of each edit's patch are read from exactly
+    the plan the previous edit left, the same order as their sequences."""
+    s.execute(select(Project.id).where(Project.id == project_id).with_for_update())

@@ -264,6 +264,7 @@ def resolve_add_node(
     ctx.check_project(projectId)
     store = ctx.services.store
     with ctx.services.db.write() as s:
+        plan_edits.lock_plan(s, projectId)
         row = queries.add_node(s, projectId, node_id=node.get("id"), **_node_fields(node))
         result = node_dict(row, node_execution_states(s, projectId, [row])[row.id])
         at = plan_edits.node_index(s, projectId, row.id)
@@ -281,6 +282,7 @@ def resolve_update_node(
     ctx.check_project(projectId)
     store = ctx.services.store
     with ctx.services.db.write() as s:
+        plan_edits.lock_plan(s, projectId)
         named_before = named_source(queries.require_node(s, projectId, nodeId))
         row = queries.update_node(s, projectId, nodeId, **_node_fields(node))
         result = node_dict(row, node_execution_states(s, projectId, [row])[row.id])
@@ -300,6 +302,7 @@ def resolve_delete_node(_root: Any, info: GraphQLResolveInfo, projectId: int, no
     store = ctx.services.store
     logged: list[LoggedChange] = []
     with ctx.services.db.write() as s:
+        plan_edits.lock_plan(s, projectId)
         row = queries.get_node(s, projectId, nodeId)
         if row is None:
             return False
@@ -325,6 +328,7 @@ def resolve_add_edge(
     ctx = _ctx(info)
     ctx.check_project(projectId)
     with ctx.services.db.write() as s:
+        plan_edits.lock_plan(s, projectId)
         row = queries.add_edge(
             s,
             projectId,
@@ -346,6 +350,7 @@ def resolve_delete_edge(_root: Any, info: GraphQLResolveInfo, projectId: int, ed
     ctx = _ctx(info)
     ctx.check_project(projectId)
     with ctx.services.db.write() as s:
+        plan_edits.lock_plan(s, projectId)
         row = s.get(PlanDagEdge, (projectId, edgeId))
         if row is None:
             return False
@@ -388,6 +393,7 @@ def _move(
     logged: list[LoggedChange] = []
     results = []
     with ctx.services.db.write() as s:
+        plan_edits.lock_plan(s, project_id)
         for move in moves:
             row = queries.require_node(s, project_id, move["nodeId"])
             row.position_x = float(move["position"]["x"])
@@ -476,6 +482,7 @@ def resolve_create_data_source(
     except processing.ProcessingError as error:
         raise GraphQLError(str(error), extensions={"code": "BAD_USER_INPUT"}) from error
     with ctx.services.db.write() as s:
+        plan_edits.lock_plan(s, project_id)
         source, node = queries.create_data_source(
             s,
             project_id,

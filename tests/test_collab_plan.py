@@ -80,7 +80,16 @@ async def _project(session: Any) -> int:
     return made["createProject"]["id"]
 
 
-def test_two_editors_see_each_others_edits_and_deltas_rebuild_the_plan(server: Any) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_server(request: pytest.FixtureRequest, start_server: Any) -> Any:
+    if request.param == "sqlite":
+        return start_server()
+    return start_server(database_url=request.getfixturevalue("pg_url"))
+
+
+def test_two_editors_see_each_others_edits_and_deltas_rebuild_the_plan(any_server: Any) -> None:
+    server = any_server
+
     async def scenario() -> None:
         async with (
             client(server.url, {"userName": "Alice"}) as alice,
