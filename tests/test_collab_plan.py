@@ -244,3 +244,40 @@ def test_presence_join_cursor_rate_limit_and_abrupt_disconnect(server: Any) -> N
         watcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_with_auth_the_token_names_the_editor(start_server: Any) -> None:
+    from gateway.server import GatewayConfig
+    from storage import queries
+
+    server = start_server(gateway=GatewayConfig(port=0, auth=True))
+    with server.app.db.write() as s:
+        pid = queries.create_project(s, "p").id
+        token = queries.create_token(s, project_ids=[pid], name="alice@example.com")[1]
+
+    async def scenario() -> None:
+        editor = await RawClient.open(server.url)
+        await editor.init({"Authorization": f"Bearer {token}", "userName": "Alice"})
+        watcher = Stream(server.url, USER_PRESENCE, "userPresenceChanged", planId=str(pid))
+        watcher.init = {"Authorization": f"Bearer {token}"}
+        watcher.start()
+        await async_wait_until(lambda: subscriber_count(server, pid) == 1)
+        await editor.execute(
+            "mutation($p: Int!) { joinProjectCollaboration(projectId: $p) }", {"p": pid}
+        )
+        await async_wait_until(lambda: watcher.items, what="the join")
+        assert watcher.items[0]["userId"] == "alice@example.com"
+        assert watcher.items[0]["userName"] == "Alice"
+        await editor.execute(
+            "mutation($p: Int!, $n: PlanDagNodeInput!) { addPlanDagNode(projectId: $p, node: $n)"
+            " { id } }",
+            {"p": pid, "n": {"id": "a", "nodeType": "GraphNode", "config": {}}},
+        )
+        with server.app.db.read() as s:
+            (row,) = queries.events_after(s, pid, 0)
+        assert row.payload["userId"] == "alice@example.com"
+        await editor.close()
+        await async_wait_until(lambda: watcher.items[-1]["isActive"] is False, what="leave")
+        watcher.stop()
+
+    asyncio.run(scenario())
