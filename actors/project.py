@@ -68,13 +68,14 @@ def _stream(selection: Selection) -> str:
 
 
 def _item(stream: str, event: dict[str, Any], payload: bytes) -> Item:
-    """Status items coalesce per node in a slow mailbox; plan edits never coalesce (node
-    id None); presence coalesces per user."""
+    """Status items coalesce per node in a slow mailbox; presence per user; plan edits
+    never coalesce (a key of their own), so a watcher that falls more than the mailbox's
+    capacity behind is closed and resumes with afterSequence."""
     if stream == "status":
         return (event["nodeId"], event["sequence"], payload)
     if stream == PRESENCE:
         return ("user:" + event["userId"], 0, payload)
-    return (None, event["sequence"], payload)  # type: ignore[return-value]
+    return (f"#{event['sequence']}", event["sequence"], payload)
 
 
 class _Group:
@@ -257,6 +258,12 @@ class ProjectActor(ShardedActor):
         selection = message.subscriber.selection
         after = message.after_sequence
         if _stream(selection) == PRESENCE:  # the current editors, then live
+            with self.db.read() as s:
+                if queries.get_project(s, self.project_id) is None:
+                    raise _Refused(
+                        f"plan {self.project_id} does not exist (a plan's id is its project's id)",
+                        code="PROJECT_NOT_FOUND",
+                    )
             current = self.presence.current()
             return [[_item(PRESENCE, e, selection.render(e)) for e in current]] if current else []
         with self.db.consistent_read() as s:

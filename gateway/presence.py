@@ -35,6 +35,7 @@ class ConnectionPresence:
         self._last_sent: dict[int, float] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self.sent = 0  # updates that reached the actor (tests read it)
+        self.ended = False
 
     def name(self, user_id: str | None, user_name: str | None) -> None:
         """Set by connection_init: a token's user, and/or a userName in the payload."""
@@ -57,13 +58,17 @@ class ConnectionPresence:
         self.loop.call_soon_threadsafe(self._leave, project_id)
 
     def end(self) -> None:
-        """The connection is gone (on the loop): leave every plan it joined."""
+        """The connection is gone (on the loop): leave every plan it joined. A resolver
+        still running then cannot join again afterwards."""
+        self.ended = True
         for project_id in list(self.joined):
             self._leave(project_id)
 
     # --- on the loop --------------------------------------------------------------------
 
     def _merge(self, project_id: int, fields: dict[str, Any]) -> None:
+        if self.ended:
+            return
         self.joined.add(project_id)
         self._pending.setdefault(project_id, {}).update(fields)
         wait = self._last_sent.get(project_id, 0.0) + MIN_INTERVAL - time.monotonic()
