@@ -54,7 +54,7 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from actors.bus import Bus
+from actors.bus import Bus, publish_committed
 from actors.executors import Executors
 from actors.plan import STOPPED, NodeStates, PlanNode, PlanRefused, plan_for
 from actors.state import StateStore, Superseded
@@ -580,7 +580,7 @@ def settle_data_source(
         source.error_message = reason
 
     try:
-        bus.publish(store.data_source(data_source_id, change))
+        publish_committed(bus, store.data_source(data_source_id, change))
     except (Superseded, queries.NotFound):
         return False
     return True

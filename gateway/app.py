@@ -61,7 +61,7 @@ class App:
         if isinstance(self.bus, RedisBus):
             self.bus.attach(self.hub.route, resync=self._resync)
         else:
-            self.bus.attach(self.hub.route)
+            self.bus.attach(self.hub.route, self.hub.resync)
         self.executors = (
             Executors(
                 self.store, self.bus, workers=config.executor_workers, before_node=before_node
