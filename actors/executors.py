@@ -31,6 +31,8 @@ class ProcessDataSource:
 class DataSourceExecutor(pykka.ThreadingActor):
     """Parses data sources: processing → completed (status active) or error."""
 
+    use_daemon_thread = True  # never keeps the process alive (failure, Ctrl-C)
+
     def __init__(self, store: StateStore, bus: Bus) -> None:
         super().__init__()
         self.store = store

@@ -288,6 +288,8 @@ class StopRun:
 class NodeWorker(pykka.ThreadingActor):
     """Executes one node at a time: a data source is parsed, a graph-like node built."""
 
+    use_daemon_thread = True  # never keeps the process alive (failure, Ctrl-C)
+
     def __init__(self, store: StateStore, bus: Bus, before_node: NodeHook | None = None) -> None:
         super().__init__()
         self.store = store
@@ -349,6 +351,8 @@ class NodeWorker(pykka.ThreadingActor):
 
 class PlanRun(pykka.ThreadingActor):
     """One run of a project's plan: marks nodes pending, dispatches ready ones, stops."""
+
+    use_daemon_thread = True  # never keeps the process alive (failure, Ctrl-C)
 
     def __init__(
         self,

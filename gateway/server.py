@@ -32,6 +32,7 @@ from websockets.typing import Subprotocol
 from gateway import pages
 from gateway import protocol as p
 from gateway.auth import Authenticator, auth_required, origin_allowed
+from gateway.errors import internal_error, public_errors
 from gateway.frames import text_frame_header
 from gateway.mailbox import SLOW_CONSUMER_CODE, Dispatcher, Outbox, SubscriptionMailbox
 from gateway.metrics import GatewayMetrics
@@ -410,16 +411,20 @@ class Connection:
         # Awaited before the next message of this socket is read: anything the client does
         # after subscribing is ordered after the subscription in the actor. On a worker
         # thread, because starting a project's actor reads the database.
-        await self.loop.run_in_executor(
-            self.gateway.pool,
-            functools.partial(
-                self.gateway.services.hub.subscribe,
-                request.project_id,
-                mailbox,
-                after_sequence=request.after_sequence,
-                snapshot=request.snapshot,
-            ),
-        )
+        try:
+            await self.loop.run_in_executor(
+                self.gateway.pool,
+                functools.partial(
+                    self.gateway.services.hub.subscribe,
+                    request.project_id,
+                    mailbox,
+                    after_sequence=request.after_sequence,
+                    snapshot=request.snapshot,
+                ),
+            )
+        except Exception as error:  # noqa: BLE001 - the operation fails, not the connection
+            self._subscription_failed(op.id, mailbox, [internal_error(error, "subscribe")])
+            return
         current = self.subscriptions.get(op.id)
         if self.closing or current is None or current[1] is not mailbox:
             # Ended (connection closed) while the hub was subscribing it: undo.
@@ -461,11 +466,9 @@ class Connection:
         except asyncio.CancelledError:
             pass
         except Exception as error:  # noqa: BLE001 - an operation's failure is the client's answer
-            log.exception("operation %s failed", op.id)
+            public = internal_error(error, f"operation {op.id}")
             if self.tasks.get(op.id) is task:
-                await self._apply(
-                    self.protocol.error(op.id, [{"message": f"internal error: {error}"}])
-                )
+                await self._apply(self.protocol.error(op.id, [public]))
         finally:
             if self.tasks.get(op.id) is task:
                 del self.tasks[op.id]
@@ -479,4 +482,4 @@ class Connection:
             operation_name=op.operation_name,
         )
         assert isinstance(result, ExecutionResult)
-        return result
+        return public_errors(result)
