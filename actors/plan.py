@@ -7,6 +7,8 @@ State rules of a run (every change persisted, then published):
     processing     → completed | error
     pending        → not_started    the node will not run: an input failed, or a stop
     processing     → not_started    a stop while the node was running
+    pending/processing → error      the run cannot go on (its database writes keep
+                                    failing, a bug): the message says so
 
 A worker's writes are guarded by the state it expects (pending before processing,
 processing before the end). A stop resets the row first, so the worker's late write finds

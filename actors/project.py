@@ -129,6 +129,22 @@ class ProjectActor(ShardedActor):
             for group in self.groups.values()
             for subscriber in group.subscribers.values()
         ]
+        handling = getattr(self, "_handling", None)
+        subscribed = self.subscriber_groups
+        if isinstance(handling, Subscribe) and handling.subscriber.key not in subscribed:
+            # Its own subscribe failed: not again (the same bug would strike again).
+            handling.subscriber.fail(
+                [
+                    {
+                        "message": (
+                            f"project {self.project_id}: the server failed to start this "
+                            f"subscription ({exception_type.__name__}, logged): resubscribe "
+                            "with afterSequence: the last sequence you received"
+                        ),
+                        "extensions": {"code": "INTERNAL_SERVER_ERROR"},
+                    }
+                ]
+            )
         inbox = self.actor_inbox
         for envelope in list(getattr(inbox, "envelopes", ())):
             message = envelope.message
@@ -142,6 +158,7 @@ class ProjectActor(ShardedActor):
     # --- dispatch ---------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
+        self._handling = message  # for on_failure: the message a bug stopped at
         if not isinstance(message, IdleCheck):  # being asked is not traffic
             self.last_activity = time.monotonic()
         if isinstance(message, StatusChanged):
@@ -162,12 +179,13 @@ class ProjectActor(ShardedActor):
             log.warning("project %s: unknown message %r", self.project_id, message)
         return None
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return {
             "subscribers": len(self.subscriber_groups),
             "groups": len(self.groups),
             "last_sequence": self.last_sequence,
             "gap_fills": self.gap_fills,
+            "behind": self.behind,
         }
 
     def _is_idle(self, idle_seconds: float) -> bool:
