@@ -30,6 +30,8 @@ class ProcessDataSource:
 class DataSourceExecutor(pykka.ThreadingActor):
     """Parses data sources: processing → completed (status active) or error."""
 
+    use_daemon_thread = True  # a process that fails or is interrupted still exits
+
     def __init__(self, store: StateStore, bus: Bus) -> None:
         super().__init__()
         self.store = store
