@@ -31,7 +31,7 @@ class ProcessDataSource:
 class DataSourceExecutor(pykka.ThreadingActor):
     """Parses data sources: processing → completed (status active) or error."""
 
-    use_daemon_thread = True  # never keeps the process alive (failure, Ctrl-C)
+    use_daemon_thread = True  # a process that fails or is interrupted still exits
 
     def __init__(self, store: StateStore, bus: Bus) -> None:
         super().__init__()

@@ -45,7 +45,7 @@ class Batch:
 class LoadExecutor(pykka.ThreadingActor):
     """Persists and publishes batches of synthetic data-source state changes."""
 
-    use_daemon_thread = True  # never keeps the process alive (failure, Ctrl-C)
+    use_daemon_thread = True  # a process that fails or is interrupted still exits
 
     def __init__(self, store: StateStore, bus: Bus, sources: dict[int, int]) -> None:
         super().__init__()

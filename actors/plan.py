@@ -290,7 +290,7 @@ class StopRun:
 class NodeWorker(pykka.ThreadingActor):
     """Executes one node at a time: a data source is parsed, a graph-like node built."""
 
-    use_daemon_thread = True  # never keeps the process alive (failure, Ctrl-C)
+    use_daemon_thread = True  # a process that fails or is interrupted still exits
 
     def __init__(self, store: StateStore, bus: Bus, before_node: NodeHook | None = None) -> None:
         super().__init__()
@@ -354,7 +354,7 @@ class NodeWorker(pykka.ThreadingActor):
 class PlanRun(pykka.ThreadingActor):
     """One run of a project's plan: marks nodes pending, dispatches ready ones, stops."""
 
-    use_daemon_thread = True  # never keeps the process alive (failure, Ctrl-C)
+    use_daemon_thread = True  # a process that fails or is interrupted still exits
 
     def __init__(
         self,
