@@ -15,6 +15,8 @@ from typing import Any
 
 from graphql import ExecutionResult, GraphQLError
 
+from storage.retry import is_transient
+
 log = logging.getLogger(__name__)
 
 # Exceptions whose message is written for the client (storage.queries.NotFound is a
@@ -26,6 +28,14 @@ def internal_error(error: BaseException, where: str) -> dict[str, Any]:
     """Log an unexpected error under a new id; the GraphQL error the client gets."""
     error_id = uuid.uuid4().hex[:12]
     log.error("internal error %s in %s: %s", error_id, where, type(error).__name__, exc_info=error)
+    if is_transient(error):
+        return {
+            "message": (
+                f"the database is unavailable right now (id {error_id}): the request was "
+                "not done; try again in a moment"
+            ),
+            "extensions": {"code": "DATABASE_UNAVAILABLE", "errorId": error_id},
+        }
     return {
         "message": (
             f"internal server error (id {error_id}): the request could not be completed; "

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from bench.tcp_proxy import TcpProxy
 from storage import queries
@@ -216,7 +216,7 @@ def test_an_unexpected_resolver_error_is_a_generic_message_with_a_logged_id(
     server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken(_s: Any) -> Any:
-        raise OperationalError("SELECT secret FROM projects WHERE x = %(p)s", {"p": 42}, None)
+        raise IntegrityError("SELECT secret FROM projects WHERE x = %(p)s", {"p": 42}, None)
 
     monkeypatch.setattr(queries, "list_projects", broken)
 
@@ -239,3 +239,26 @@ def test_an_unexpected_resolver_error_is_a_generic_message_with_a_logged_id(
     error_id = error["extensions"]["errorId"]
     assert error["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
     assert f"internal error {error_id}" in caplog.text and "SELECT secret" in caplog.text
+
+
+def test_a_database_outage_in_a_resolver_says_so_with_an_id(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(_s: Any) -> Any:
+        raise OperationalError("SELECT 1", {}, ConnectionError("connection refused"))
+
+    monkeypatch.setattr(queries, "list_projects", unreachable)
+
+    async def scenario() -> dict[str, Any]:
+        client = await RawClient.open(server.url)
+        await client.init()
+        await client.subscribe("q", "{ projects { id } }")
+        answer = await client.recv()
+        await client.close()
+        return answer
+
+    import asyncio
+
+    (error,) = asyncio.run(scenario())["payload"]["errors"]
+    assert error["message"].startswith("the database is unavailable right now (id ")
+    assert error["extensions"]["code"] == "DATABASE_UNAVAILABLE" and "SELECT" not in str(error)
