@@ -447,6 +447,11 @@ class PlanRun(pykka.ThreadingActor):
                 self._dispatch_ready()
             elif message.outcome == "error":
                 self._skip_downstream_of(message.node_id)
+            elif message.outcome == "stopped" and not self.stopped:
+                # The node was moved on by someone else (a stop, or a worker settling what
+                # it thought a dead worker left): what needs it will not run either, and
+                # the run must still end (its nodes would wait in `pending` for good).
+                self._skip_downstream_of(message.node_id, why="was reset before it ran")
             self._finish_if_done()
         elif isinstance(message, StopRun):
             self._stop_run()
@@ -464,7 +469,7 @@ class PlanRun(pykka.ThreadingActor):
             self._next_worker += 1
             worker.tell(RunNode(self.plan, node_id, self.actor_ref))
 
-    def _skip_downstream_of(self, failed: str) -> None:
+    def _skip_downstream_of(self, failed: str, why: str = "failed") -> None:
         frontier = [failed]
         while frontier:
             current = frontier.pop()
@@ -472,9 +477,10 @@ class PlanRun(pykka.ThreadingActor):
                 if current in inputs:
                     del self.waiting[node_id]
                     self.outcomes[node_id] = "skipped"
-                    reason = f"not run: its input '{current}' failed"
+                    cause = why if current == failed else "failed"
+                    reason = f"not run: its input '{current}' {cause}"
                     if current != failed:
-                        reason += f" (because '{failed}' failed)"
+                        reason += f" (because '{failed}' {why})"
                     self.states.set(
                         self.plan.by_id[node_id], "not_started", expect=("pending",), error=reason
                     )
@@ -539,6 +545,12 @@ class PlanRunner:
                 plan, self.store, self.bus, self._workers, self._on_finished
             )
         return plan
+
+    def is_running(self, project_id: int) -> bool:
+        """A run of the project is in progress in this process."""
+        with self._lock:
+            ref = self._runs.get(project_id)
+        return ref is not None and ref.is_alive()
 
     def stop(self, project_id: int) -> bool:
         with self._lock:

@@ -486,6 +486,15 @@ class QueueWorker:
 
     def _run_plan(self, slot: _Slot, request: Claimed) -> str:
         project_id = request.project_id
+        if request.attempts > 1 and self.executors.plans.is_running(project_id):
+            # Our own claim was lost (the connection broke, the database was cut) while the
+            # run goes on here: wait for that run rather than settle its nodes under it.
+            log.warning(
+                "worker %s: %s: the run is still in progress here; waiting for it",
+                self.name,
+                request.describe(),
+            )
+            return self._wait_for_run(slot, request)
         if request.attempts > 1 or request.stop_requested:
             gave_up = request.attempts > self.max_attempts
             if request.stop_requested:
@@ -513,6 +522,10 @@ class QueueWorker:
             return f"refused: {refused}"
         except queries.NotFound as missing:
             return f"nothing to run: {missing}"
+        return self._wait_for_run(slot, request)
+
+    def _wait_for_run(self, slot: _Slot, request: Claimed) -> str:
+        project_id = request.project_id
         while True:
             try:
                 outcomes = self.executors.plans.wait(project_id, timeout=self.poll_interval)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -304,3 +305,44 @@ def test_the_hub_never_raises_for_a_dead_actor(server: Any) -> None:
 
     run(scenario())
     assert hub.route_failures == 1
+
+
+def test_a_node_reset_under_a_run_ends_the_run_instead_of_leaving_its_downstream_pending(
+    start_server: Any,
+) -> None:
+    """What a worker whose claim was lost saw: someone else (settling what it took for a
+    dead worker's leftovers) moved a running node to not_started; the run must still end,
+    and nothing below that node may stay `pending`."""
+    entered, release = threading.Event(), threading.Event()
+
+    def pause(_project_id: int, node_id: str) -> None:
+        if node_id == held["node"]:
+            entered.set()
+            release.wait(30)
+
+    held = {"node": ""}
+    server = start_server(before_node=pause)
+    db = server.app.db
+    with db.write() as s:
+        pid = queries.create_project(s, "reset").id
+    first = add_source(db, pid, "a", SERVICES)
+    second = add_source(db, pid, "b", SERVICES)
+    add_node(db, pid, "merge", "MergeNode", first, second)
+    held["node"] = first
+    server.app.executors.plans.run(pid)
+    assert entered.wait(30)
+    with db.read() as s:
+        node = queries.get_node(s, pid, first)
+        source = node.config["dataSourceId"]
+
+    def reset(row: Any) -> None:
+        row.execution_state = "not_started"
+
+    server.app.bus.publish(server.app.store.data_source(source, reset))
+    release.set()
+    outcomes = server.app.executors.plans.wait(pid, timeout=30)
+    assert outcomes[first] == "stopped" and outcomes["merge"] == "skipped", outcomes
+    states = states_by_node(db, pid)
+    assert states["merge"][-1] == "not_started", states
+    with db.read() as s:
+        assert queries.get_graph_by_node(s, pid, "merge").execution_state == "not_started"
