@@ -320,3 +320,20 @@ def test_closing_ends_the_subscriptions(server: Any, closer: str) -> None:
         lambda: (server.app.hub.ask(pid, "stats") or {"subscribers": 0})["subscribers"] == 0,
         what="the subscription ended with its socket",
     )
+
+
+def test_server_shutdown_closes_legacy_sockets_with_1001(server: Any) -> None:
+    pid = make_project(server)
+
+    async def scenario() -> None:
+        client = await legacy(server)
+        await init(client)
+        await start(client, "1", SUBSCRIPTION, {"projectId": pid})
+        await execute(client, "q", "{ projects { id } }")  # the subscription is in place
+        stopping = asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(server.app.gateway.stop(), server.loop)
+        )
+        assert await client.closed() == (1001, "server shutting down")
+        await stopping
+
+    run(scenario())
