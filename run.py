@@ -50,6 +50,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a client has to send connection_init (closed with 4408 after)",
     )
     parser.add_argument(
+        "--legacy-keepalive",
+        type=float,
+        default=env_default("LEGACY_KEEPALIVE", 10.0, float),
+        help="seconds between `ka` messages to legacy graphql-ws clients (0: none; their "
+        "client gives up after 30 s without one)",
+    )
+    parser.add_argument(
         "--retention",
         type=int,
         default=env_default("RETENTION", DEFAULT_RETENTION, int),
@@ -203,6 +210,7 @@ def app_config(args: argparse.Namespace) -> Any:
             host=args.host,
             port=args.port,
             init_timeout=args.init_timeout,
+            legacy_keepalive=args.legacy_keepalive or None,
             auth=args.auth,
             allowed_origins=args.allowed_origin,
         ),
