@@ -50,6 +50,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a client has to send connection_init (closed with 4408 after)",
     )
     parser.add_argument(
+        "--legacy-keepalive",
+        type=float,
+        default=env_default("LEGACY_KEEPALIVE", 10.0, float),
+        help="seconds between `ka` messages to legacy graphql-ws clients (0: none; their "
+        "client gives up after 30 s without one)",
+    )
+    parser.add_argument(
         "--retention",
         type=int,
         default=env_default("RETENTION", DEFAULT_RETENTION, int),
@@ -109,12 +116,20 @@ def _parse_bool(raw: str) -> bool:
 
 
 def add_database_url(parser: argparse.ArgumentParser) -> None:
-    from storage.db import DEFAULT_DATABASE_URL
+    from storage.db import DEFAULT_DATABASE_URL, DEFAULT_DATABASE_WAIT
 
     parser.add_argument(
         "--database-url",
         default=env_default("DATABASE_URL", DEFAULT_DATABASE_URL),
         help="SQLAlchemy URL: sqlite:///file.db (default) or postgresql+psycopg://...",
+    )
+    parser.add_argument(
+        "--database-wait",
+        type=float,
+        default=env_default("DATABASE_WAIT", DEFAULT_DATABASE_WAIT, float),
+        metavar="SECONDS",
+        help="at start, wait this long for a database that is not reachable yet "
+        f"(default {DEFAULT_DATABASE_WAIT:.0f}; 0: fail at once)",
     )
 
 
@@ -169,6 +184,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         workers=args.workers,
         retention=args.retention,
         grace=args.grace,
+        database_wait=args.database_wait,
     )
     try:
         return run_worker(config, **hooks_from_env())
@@ -189,10 +205,12 @@ def app_config(args: argparse.Namespace) -> Any:
         actor_threads=args.actor_threads,
         enable_loadgen=args.enable_loadgen,
         bus_url=args.bus_url,
+        database_wait=args.database_wait,
         gateway=GatewayConfig(
             host=args.host,
             port=args.port,
             init_timeout=args.init_timeout,
+            legacy_keepalive=args.legacy_keepalive or None,
             auth=args.auth,
             allowed_origins=args.allowed_origin,
         ),
@@ -204,11 +222,13 @@ async def start_or_explain(factory: Callable[..., Any], config: Any) -> Any:
     one sentence (what is wrong, from the library's own message), not a traceback."""
     from sqlalchemy.exc import ArgumentError, OperationalError
 
+    from storage.db import DatabaseUnavailable
+
     app = None
     try:
         app = factory(config)
         await app.start()
-    except (ValueError, ArgumentError, OperationalError, OSError) as error:
+    except (ValueError, ArgumentError, OperationalError, OSError, DatabaseUnavailable) as error:
         if app is not None:
             await app.stop()  # its executor threads would keep the process alive
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
@@ -258,10 +278,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     from storage import queries
-    from storage.db import Database
+    from storage.db import open_database
 
-    db = Database(args.database_url)
-    db.create_schema()
+    db = open_database(args.database_url, wait=args.database_wait)
     try:
         if args.action == "create":
             with db.write() as s:
@@ -365,11 +384,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(args, "log_level", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from storage.db import DatabaseUnavailable
     from storage.migrate import SchemaUpgradeError
 
     try:
         return args.func(args)
-    except SchemaUpgradeError as error:  # an old database: say what to do, no traceback
+    except (SchemaUpgradeError, DatabaseUnavailable) as error:  # one sentence, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
 

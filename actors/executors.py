@@ -13,11 +13,12 @@ from typing import Any, Protocol
 import pykka
 
 from actors import processing
-from actors.bus import Bus
+from actors.bus import Bus, publish_committed
 from actors.messages import StatusChanged
 from actors.plan import NodeHook, PlanRunner, parse_stored_source, stop_actors
 from actors.state import StateStore
 from storage import queries
+from storage.retry import reason
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class ProcessDataSource:
 
 class DataSourceExecutor(pykka.ThreadingActor):
     """Parses data sources: processing → completed (status active) or error."""
+
+    use_daemon_thread = True  # a process that fails or is interrupted still exits
 
     def __init__(self, store: StateStore, bus: Bus) -> None:
         super().__init__()
@@ -42,7 +45,7 @@ class DataSourceExecutor(pykka.ThreadingActor):
         return None
 
     def _publish(self, change: StatusChanged) -> StatusChanged:
-        self.bus.publish(change)
+        publish_committed(self.bus, change)
         return change
 
     def process(self, data_source_id: int) -> str:
@@ -59,7 +62,7 @@ class DataSourceExecutor(pykka.ThreadingActor):
             return "error"
         except Exception as error:  # noqa: BLE001 - must end in error, never in processing
             log.exception("processing data source %s failed", data_source_id)
-            message = f"internal error while processing: {type(error).__name__}: {error}"
+            message = f"internal error while processing: {type(error).__name__}: {reason(error)}"
             self._publish(self.store.data_source_failed(data_source_id, message))
             return "error"
         self._publish(self.store.data_source_completed(data_source_id, graph.to_json()))
@@ -110,7 +113,7 @@ class Executors:
     def recover_interrupted(self) -> int:
         changes = self.store.recover_interrupted()
         for change in changes:
-            self.bus.publish(change)
+            publish_committed(self.bus, change)
         return len(changes)
 
     def stop(self) -> None:

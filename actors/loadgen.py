@@ -45,6 +45,8 @@ class Batch:
 class LoadExecutor(pykka.ThreadingActor):
     """Persists and publishes batches of synthetic data-source state changes."""
 
+    use_daemon_thread = True  # a process that fails or is interrupted still exits
+
     def __init__(self, store: StateStore, bus: Bus, sources: dict[int, int]) -> None:
         super().__init__()
         self.store = store

@@ -7,6 +7,8 @@ State rules of a run (every change persisted, then published):
     processing     → completed | error
     pending        → not_started    the node will not run: an input failed, or a stop
     processing     → not_started    a stop while the node was running
+    pending/processing → error      the run cannot go on (its database writes keep
+                                    failing, a bug): the message says so
 
 A worker's writes are guarded by the state it expects (pending before processing,
 processing before the end). A stop resets the row first, so the worker's late write finds
@@ -25,12 +27,13 @@ import orjson
 import pykka
 
 from actors import processing
-from actors.bus import Bus
+from actors.bus import Bus, publish_committed
 from actors.dag import CycleError, inputs_of, topological_order, upstream_closure
 from actors.processing import GraphData, ProcessingError
 from actors.state import StateStore, Superseded, set_source_state
 from storage import queries
 from storage.models import DataSource, Graph, utcnow
+from storage.retry import reason, retrying
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,11 @@ NodeHook = Callable[[int, str], None]
 
 class PlanRefused(ValueError):
     """A run that cannot start (cycle, unknown node, missing data source); for people."""
+
+
+class PlanRunFailed(RuntimeError):
+    """A run ended without settling every node (the database kept failing): whoever
+    waits for it must give the work back, so that the next attempt settles them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +79,18 @@ class RunPlan:
 
 def plan_for(store: StateStore, project_id: int, target: str | None) -> RunPlan:
     """Read the DAG and decide the run: the whole plan, or `target` and its upstream."""
-    with store.db.read() as s:
-        queries.require_project(s, project_id)
-        nodes = {n.id: n for n in queries.list_nodes(s, project_id)}
-        edges = [(e.source, e.target) for e in queries.list_edges(s, project_id)]
-        sources = {d.id for d in queries.list_data_sources(s, project_id)}
+
+    def read() -> tuple[dict[str, Any], list[tuple[str, str]], set[int]]:
+        with store.db.read() as s:
+            queries.require_project(s, project_id)
+            nodes = {n.id: n for n in queries.list_nodes(s, project_id)}
+            edges = [(e.source, e.target) for e in queries.list_edges(s, project_id)]
+            sources = {d.id for d in queries.list_data_sources(s, project_id)}
+        return nodes, edges, sources
+
+    nodes, edges, sources = retrying(
+        read, what=f"reading project {project_id}'s plan", deadline=store.deadline
+    )
     if target is not None and target not in nodes:
         raise PlanRefused(f"node '{target}' does not exist in project {project_id}")
     inputs = inputs_of(nodes, edges)
@@ -140,7 +155,7 @@ class NodeStates:
                 )
         except Superseded:
             return False
-        self.bus.publish(change)
+        publish_committed(self.bus, change)
         return True
 
 
@@ -209,13 +224,29 @@ def build_graph(node: PlanNode, inputs: list[GraphData]) -> GraphData:
 
 def parse_stored_source(store: StateStore, data_source_id: int) -> GraphData:
     """Read a data source's file and parse it (the read is short; parsing happens after)."""
-    with store.db.read() as s:
-        source = queries.require_data_source(s, data_source_id)
-        content, file_format, data_type = source.content, source.file_format, source.data_type
+
+    def read() -> tuple[Any, str, str]:
+        with store.db.read() as s:
+            source = queries.require_data_source(s, data_source_id)
+            return source.content, source.file_format, source.data_type
+
+    content, file_format, data_type = retrying(
+        read, what=f"reading data source {data_source_id}", deadline=store.deadline
+    )
     return processing.parse_data_source(content, file_format, data_type)
 
 
 def read_inputs(
+    store: StateStore, project_id: int, node: PlanNode, plan: RunPlan
+) -> list[GraphData]:
+    return retrying(
+        lambda: _read_inputs(store, project_id, node, plan),
+        what=f"reading the inputs of node '{node.id}'",
+        deadline=store.deadline,
+    )
+
+
+def _read_inputs(
     store: StateStore, project_id: int, node: PlanNode, plan: RunPlan
 ) -> list[GraphData]:
     graphs = []
@@ -259,6 +290,8 @@ class StopRun:
 class NodeWorker(pykka.ThreadingActor):
     """Executes one node at a time: a data source is parsed, a graph-like node built."""
 
+    use_daemon_thread = True  # a process that fails or is interrupted still exits
+
     def __init__(self, store: StateStore, bus: Bus, before_node: NodeHook | None = None) -> None:
         super().__init__()
         self.store = store
@@ -272,7 +305,10 @@ class NodeWorker(pykka.ThreadingActor):
             except Exception:  # noqa: BLE001 - the run must always hear back
                 log.exception("node %s crashed its worker", message.node_id)
                 outcome = "error"
-            message.reply_to.tell(NodeDone(message.node_id, outcome))
+            try:
+                message.reply_to.tell(NodeDone(message.node_id, outcome))
+            except pykka.ActorDeadError:  # the run ended (aborted): this worker serves others
+                log.info("node %s ended after its run: %s", message.node_id, outcome)
         return None
 
     def run(self, plan: RunPlan, node_id: str) -> str:
@@ -289,7 +325,7 @@ class NodeWorker(pykka.ThreadingActor):
             return "error" if done else "stopped"
         except Exception as error:  # noqa: BLE001 - must end in error, never in processing
             log.exception("node %s of project %s failed", node_id, plan.project_id)
-            message = f"internal error: {type(error).__name__}: {error}"
+            message = f"internal error: {type(error).__name__}: {reason(error)}"
             done = states.set(node, "error", expect=("processing",), error=message)
             return "error" if done else "stopped"
         done = states.set(
@@ -303,15 +339,22 @@ class NodeWorker(pykka.ThreadingActor):
         inputs = read_inputs(self.store, plan.project_id, node, plan)
         salt = node.node_type + orjson.dumps(node.config, option=orjson.OPT_SORT_KEYS).decode()
         digest = processing.source_hash(inputs, salt)
-        with self.store.db.read() as s:
-            row = queries.get_graph_by_node(s, plan.project_id, node.id)
-            if row is not None and row.source_hash == digest and row.graph_json is not None:
-                return GraphData.from_json(row.graph_json), digest  # unchanged inputs
-        return build_graph(node, inputs), digest
+
+        def cached() -> GraphData | None:
+            with self.store.db.read() as s:
+                row = queries.get_graph_by_node(s, plan.project_id, node.id)
+                if row is not None and row.source_hash == digest and row.graph_json is not None:
+                    return GraphData.from_json(row.graph_json)  # unchanged inputs
+            return None
+
+        graph = retrying(cached, what=f"reading node '{node.id}'", deadline=self.store.deadline)
+        return (graph if graph is not None else build_graph(node, inputs)), digest
 
 
 class PlanRun(pykka.ThreadingActor):
     """One run of a project's plan: marks nodes pending, dispatches ready ones, stops."""
+
+    use_daemon_thread = True  # a process that fails or is interrupted still exits
 
     def __init__(
         self,
@@ -319,7 +362,7 @@ class PlanRun(pykka.ThreadingActor):
         store: StateStore,
         bus: Bus,
         workers: list[pykka.ActorRef[NodeWorker]],
-        on_finished: Callable[[int, dict[str, str]], None],
+        on_finished: Callable[..., None],
     ) -> None:
         super().__init__()
         self.plan = plan
@@ -336,6 +379,51 @@ class PlanRun(pykka.ThreadingActor):
         self.aliases: dict[str, str] = {}
 
     def on_start(self) -> None:
+        try:
+            self._begin()
+        except Exception as error:  # noqa: BLE001 - a run that cannot go on says so
+            self._abort(error)
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            self._handle(message)
+        except Exception as error:  # noqa: BLE001 - as on_start
+            self._abort(error)
+        return None
+
+    def _abort(self, error: Exception) -> None:
+        """The run cannot go on (its database writes keep failing, or a bug): every node
+        of it still pending or processing ends in `error` with a sentence, published, and
+        the run ends. If even that cannot be written, the run ends as failed, and the
+        work queue gives the request back (the next claim settles what it left)."""
+        log.exception("plan run of project %s cannot continue", self.plan.project_id)
+        sentence = (
+            f"the plan run stopped: {reason(error)}: run the plan again once the cause is fixed"
+        )
+        unsettled = 0
+        for node_id in [*self.waiting, *self.running]:
+            if node_id in self.aliases:
+                continue
+            self.outcomes[node_id] = "error"
+            try:
+                self.states.set(
+                    self.plan.by_id[node_id],
+                    "error",
+                    expect=("pending", "processing"),
+                    error=sentence,
+                )
+            except Exception:  # noqa: BLE001 - go on with the others
+                unsettled += 1
+                log.exception(
+                    "plan run of project %s: could not end node %s", self.plan.project_id, node_id
+                )
+        self.waiting.clear()
+        self.running.clear()
+        failure = f"{unsettled} nodes could not be set to error" if unsettled else None
+        self.on_finished(self.plan.project_id, dict(self.outcomes), failure)
+        self.stop()
+
+    def _begin(self) -> None:
         primaries: dict[int, str] = {}
         for node in self.plan.order:
             self.waiting[node.id] = set(node.inputs)
@@ -349,7 +437,7 @@ class PlanRun(pykka.ThreadingActor):
         self._dispatch_ready()
         self._finish_if_done()
 
-    def on_receive(self, message: Any) -> Any:
+    def _handle(self, message: Any) -> None:
         if isinstance(message, NodeDone):
             self.running.discard(message.node_id)
             self.outcomes[message.node_id] = message.outcome
@@ -359,11 +447,15 @@ class PlanRun(pykka.ThreadingActor):
                 self._dispatch_ready()
             elif message.outcome == "error":
                 self._skip_downstream_of(message.node_id)
+            elif message.outcome == "stopped" and not self.stopped:
+                # The node was moved on by someone else (a stop, or a worker settling what
+                # it thought a dead worker left): what needs it will not run either, and
+                # the run must still end (its nodes would wait in `pending` for good).
+                self._skip_downstream_of(message.node_id, why="was reset before it ran")
             self._finish_if_done()
         elif isinstance(message, StopRun):
             self._stop_run()
             self._finish_if_done()
-        return None
 
     def _dispatch_ready(self) -> None:
         ready = [node_id for node_id, inputs in self.waiting.items() if not inputs]
@@ -377,7 +469,7 @@ class PlanRun(pykka.ThreadingActor):
             self._next_worker += 1
             worker.tell(RunNode(self.plan, node_id, self.actor_ref))
 
-    def _skip_downstream_of(self, failed: str) -> None:
+    def _skip_downstream_of(self, failed: str, why: str = "failed") -> None:
         frontier = [failed]
         while frontier:
             current = frontier.pop()
@@ -385,9 +477,10 @@ class PlanRun(pykka.ThreadingActor):
                 if current in inputs:
                     del self.waiting[node_id]
                     self.outcomes[node_id] = "skipped"
-                    reason = f"not run: its input '{current}' failed"
+                    cause = why if current == failed else "failed"
+                    reason = f"not run: its input '{current}' {cause}"
                     if current != failed:
-                        reason += f" (because '{failed}' failed)"
+                        reason += f" (because '{failed}' {why})"
                     self.states.set(
                         self.plan.by_id[node_id], "not_started", expect=("pending",), error=reason
                     )
@@ -434,6 +527,7 @@ class PlanRunner:
         self._runs: dict[int, pykka.ActorRef[PlanRun]] = {}
         self._finished: dict[int, threading.Event] = {}
         self.last_outcomes: dict[int, dict[str, str]] = {}
+        self.last_failures: dict[int, str | None] = {}
         self._lock = threading.Lock()
 
     def run(self, project_id: int, target: str | None = None) -> RunPlan:
@@ -452,6 +546,12 @@ class PlanRunner:
             )
         return plan
 
+    def is_running(self, project_id: int) -> bool:
+        """A run of the project is in progress in this process."""
+        with self._lock:
+            ref = self._runs.get(project_id)
+        return ref is not None and ref.is_alive()
+
     def stop(self, project_id: int) -> bool:
         with self._lock:
             ref = self._runs.get(project_id)
@@ -469,12 +569,18 @@ class PlanRunner:
             finished = self._finished.get(project_id)
         if finished is None or not finished.wait(timeout):
             raise TimeoutError(f"the plan run of project {project_id} did not end in {timeout}s")
+        failure = self.last_failures.get(project_id)
+        if failure is not None:
+            raise PlanRunFailed(f"the plan run of project {project_id} failed: {failure}")
         return self.last_outcomes.get(project_id, {})
 
-    def _on_finished(self, project_id: int, outcomes: dict[str, str]) -> None:
+    def _on_finished(
+        self, project_id: int, outcomes: dict[str, str], failure: str | None = None
+    ) -> None:
         with self._lock:
             self._runs.pop(project_id, None)
             self.last_outcomes[project_id] = outcomes
+            self.last_failures[project_id] = failure
             finished = self._finished.get(project_id)
         if finished is not None:
             finished.set()

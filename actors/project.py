@@ -46,10 +46,12 @@ from actors.state import message_from_row, status_from_row
 from storage import queries
 from storage.db import Database
 from storage.models import DataSource, Graph
+from storage.retry import is_transient, reason, retrying
 
 log = logging.getLogger(__name__)
 
 REPLAY_PAGE = 1000
+ACTOR_DEADLINE = 0.5  # seconds an actor retries a read before the supervisor takes over
 
 Item = tuple[str, int, bytes]  # (node id, sequence, rendered payload)
 
@@ -96,10 +98,20 @@ class ProjectActor(ShardedActor):
         project_id: int,
         db: Database,
         on_delivered: Callable[[str], None] | None = None,
+        *,
+        on_behind: Callable[[int], None] | None = None,
+        on_failed: Callable[..., None] | None = None,
     ) -> None:
         super().__init__()
         # Told each delivered change's timestamp, once per change (the latency metric).
         self.on_delivered = on_delivered
+        # Supervision (see actors/hub.py): told when the log could not be read (the hub has
+        # this actor try again later), and when a handler failed (the hub replaces it).
+        self.on_behind = on_behind
+        self.on_failed = on_failed
+        # True while changes wait in the log because it could not be read: nothing is
+        # delivered (it would be out of order) until a Resync has caught up.
+        self.behind = False
         self.project_id = project_id
         self.db = db
         self.groups: dict[Hashable, _Group] = {}
@@ -110,12 +122,70 @@ class ProjectActor(ShardedActor):
         # Read here, in the thread that starts the actor (the hub's, while it routes the
         # first Subscribe), not in on_start: a change committed between the subscribe and
         # the actor's first step must count as new and be delivered.
+        self.last_sequence = self._read(self._committed, "reading its last sequence")
+
+    def _committed(self) -> int:
         with self.db.read() as s:
-            self.last_sequence = queries.last_sequence(s, self.project_id)
+            return queries.last_sequence(s, self.project_id)
+
+    def _read(self, operation: Callable[[], Any], what: str) -> Any:
+        """A read of the log, retried briefly: other actors share this thread, so a longer
+        outage is waited out by the hub's supervisor (`behind`), not here."""
+        return retrying(
+            operation, what=f"project {self.project_id}: {what}", deadline=ACTOR_DEADLINE
+        )
+
+    def _fell_behind(self, error: Exception) -> None:
+        if not self.behind:
+            log.warning(
+                "project %s: cannot read the event log (%s): delivery waits after sequence "
+                "%d until it can",
+                self.project_id,
+                reason(error),
+                self.last_sequence,
+            )
+        self.behind = True
+        if self.on_behind is not None:
+            self.on_behind(self.project_id)
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        """A handler raised (a bug): hand the subscribers over, so the hub can start a new
+        actor that replays from the log what this one had not delivered."""
+        handover = [
+            Subscribe(subscriber, self.last_sequence, False)
+            for group in self.groups.values()
+            for subscriber in group.subscribers.values()
+        ]
+        handling = getattr(self, "_handling", None)
+        subscribed = self.subscriber_groups
+        if isinstance(handling, Subscribe) and handling.subscriber.key not in subscribed:
+            # Its own subscribe failed: not again (the same bug would strike again).
+            handling.subscriber.fail(
+                [
+                    {
+                        "message": (
+                            f"project {self.project_id}: the server failed to start this "
+                            f"subscription ({exception_type.__name__}, logged): resubscribe "
+                            "with afterSequence: the last sequence you received"
+                        ),
+                        "extensions": {"code": "INTERNAL_SERVER_ERROR"},
+                    }
+                ]
+            )
+        inbox = self.actor_inbox
+        for envelope in list(getattr(inbox, "envelopes", ())):
+            message = envelope.message
+            if isinstance(message, Subscribe):  # not handled yet: keep what it asked for
+                handover.append(message)
+            elif isinstance(message, Unsubscribe):
+                handover = [m for m in handover if m.subscriber.key != message.key]
+        if self.on_failed is not None:
+            self.on_failed(self.project_id, self.actor_ref, handover, self.last_sequence)
 
     # --- dispatch ---------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
+        self._handling = message  # for on_failure: the message a bug stopped at
         if not isinstance(message, IdleCheck):  # being asked is not traffic
             self.last_activity = time.monotonic()
         if isinstance(message, StatusChanged):
@@ -142,12 +212,13 @@ class ProjectActor(ShardedActor):
             log.warning("project %s: unknown message %r", self.project_id, message)
         return None
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return {
             "subscribers": len(self.subscriber_groups),
             "groups": len(self.groups),
             "last_sequence": self.last_sequence,
             "gap_fills": self.gap_fills,
+            "behind": self.behind,
         }
 
     def _is_idle(self, idle_seconds: float) -> bool:
@@ -164,38 +235,71 @@ class ProjectActor(ShardedActor):
         if not self.groups:
             self.last_sequence = message.sequence
             return
+        if self.behind:
+            return  # it is in the log: the next Resync delivers it, in order
         if message.sequence > self.last_sequence + 1:
-            self._fill_gap(upto=message.sequence - 1)
+            try:
+                self._fill_gap(upto=message.sequence - 1)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                self._fell_behind(error)
+                return
         self._publish(message)
 
     def _resync(self) -> None:
-        with self.db.read() as s:
-            committed = queries.last_sequence(s, self.project_id)
-        if committed > self.last_sequence:
-            self._fill_gap(upto=committed)
+        try:
+            committed = self._read(self._committed, "reading its last sequence")
+            if committed > self.last_sequence:
+                self._fill_gap(upto=committed)
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            self._fell_behind(error)
+            return
+        if self.behind:
+            self.behind = False
+            log.info(
+                "project %s: the event log is readable again; delivered up to sequence %d",
+                self.project_id,
+                self.last_sequence,
+            )
 
     def _fill_gap(self, upto: int) -> None:
-        """Deliver what the log holds after the last delivered sequence, up to `upto`."""
+        """Deliver what the log holds after the last delivered sequence, up to `upto`.
+
+        All or nothing: the rows are read first, so a read that fails delivers nothing
+        and leaves `last_sequence` where it was.
+        """
         if not self.groups:  # nobody to deliver to: nothing to read
             self.last_sequence = max(self.last_sequence, upto)
             return
         self.gap_fills += 1
-        with self.db.read() as s:
-            rows = queries.events_after(s, self.project_id, self.last_sequence, upto=upto)
-            missing = [message_from_row(row) for row in rows]
-        for message in missing:
+
+        def read() -> list[LoggedChange]:
+            with self.db.read() as s:
+                rows = queries.events_after(s, self.project_id, self.last_sequence, upto=upto)
+                return [message_from_row(row) for row in rows]
+
+        for message in self._read(read, f"reading the log after {self.last_sequence}"):
             self._publish(message)
         self.last_sequence = max(self.last_sequence, upto)
 
     def _publish(self, message: LoggedChange) -> None:
-        self.last_sequence = message.sequence
-        # Each stream's events are built once per change, not per group or subscriber.
+        # Each stream's events are built once per change, not per group or subscriber,
+        # and before the sequence counts as delivered (a failure here hands subscribers
+        # over from the previous sequence, so this change is not lost).
+        groups = list(self.groups.values())
         by_stream: dict[str, list[dict[str, Any]]] = {}
-        for group in list(self.groups.values()):
+        for group in groups:
             stream = _stream(group.selection)
-            events = by_stream.get(stream)
-            if events is None:
-                events = by_stream[stream] = _EVENTS[stream](message)
+            if stream not in by_stream:
+                make = self.events_for if stream == "status" else _EVENTS[stream]
+                by_stream[stream] = make(message)
+        self.last_sequence = message.sequence
+        for group in groups:
+            stream = _stream(group.selection)
+            events = by_stream[stream]
             if not events:
                 continue
             items = [_item(stream, event, group.selection.render(event)) for event in events]
@@ -225,9 +329,17 @@ class ProjectActor(ShardedActor):
     def _on_subscribe(self, message: Subscribe) -> None:
         subscriber = message.subscriber
         try:
-            replay = self._catch_up(message)
+            replay = self._read(lambda: self._catch_up(message), "catching up a subscriber")
         except _Refused as refused:
             subscriber.fail([refused.error])
+            return
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            after = message.after_sequence
+            if after is None and not message.snapshot:
+                after = self.last_sequence  # live from here: nothing delivered yet
+            subscriber.fail([resubscribe_error(self.project_id, after, message.snapshot, error)])
             return
         for items in replay:
             subscriber.deliver(items, replay=True)
@@ -277,6 +389,7 @@ class ProjectActor(ShardedActor):
                 self._check_after(after, stamp)
             if (after is not None or message.snapshot) and stamp > self.last_sequence:
                 self._fill_gap(upto=stamp)
+                self.behind = False  # delivered up to the committed stamp: caught up
             if after is not None:
                 oldest = queries.oldest_retained_sequence(s, self.project_id)
                 if after >= stamp or (oldest is not None and oldest <= after + 1):
@@ -397,6 +510,25 @@ class ProjectActor(ShardedActor):
         group.subscribers.pop(key, None)
         if not group.subscribers:
             del self.groups[group_key]
+
+
+def resubscribe_error(
+    project_id: int, after: int | None, snapshot: bool, error: BaseException
+) -> dict[str, Any]:
+    """The protocol error of a subscription the event log could not serve (for now)."""
+    if after is not None:
+        how = f"afterSequence: {after}"
+    elif snapshot:
+        how = "snapshot: true"
+    else:
+        how = "afterSequence: the last sequence you received"
+    return {
+        "message": (
+            f"project {project_id}'s event log cannot be read right now ({reason(error)}): "
+            f"resubscribe with {how} to carry on without a gap"
+        ),
+        "extensions": {"code": "EVENT_LOG_UNAVAILABLE", "afterSequence": after},
+    }
 
 
 class _Refused(Exception):

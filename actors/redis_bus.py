@@ -135,6 +135,22 @@ class RedisBus:
         self._thread: threading.Thread | None = None
         self._resync_thread: threading.Thread | None = None
 
+    def warn_if_unreachable(self) -> bool:
+        """At start: one ping; a clear warning if Redis does not answer (the process starts
+        anyway, and uses the bus once Redis is there). True when it answered."""
+        try:
+            self._publisher.ping()
+        except redis.RedisError as error:
+            log.warning(
+                "the bus %s is not reachable (%s): starting anyway; until it is, state "
+                "changes go to the event log only, and watchers of other processes get them "
+                "when it comes back (check --bus-url)",
+                self.describe(),
+                error,
+            )
+            return False
+        return True
+
     # --- the Bus interface ------------------------------------------------------------
 
     def attach(self, deliver: Deliver, resync: Resync | None = None) -> None:

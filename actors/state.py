@@ -18,6 +18,7 @@ from actors.messages import LoggedChange, PlanChanged, StatusChanged
 from storage import queries
 from storage.db import Database
 from storage.models import PLAN_ENTITY, DataSource, ExecutionEvent, Graph, PlanDagNode, utcnow
+from storage.retry import DEFAULT_DEADLINE, retrying
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,18 @@ class Superseded(Exception):
 class StateStore:
     """Writes state changes; `retention` is how many events per project the log keeps."""
 
-    def __init__(self, db: Database, retention: int = DEFAULT_RETENTION) -> None:
+    def __init__(
+        self,
+        db: Database,
+        retention: int = DEFAULT_RETENTION,
+        *,
+        deadline: float = DEFAULT_DEADLINE,
+    ) -> None:
         if retention < 1:
             raise ValueError(f"retention must be at least 1 event, got {retention}")
         self.db = db
         self.retention = retention
+        self.deadline = deadline  # how long a state write retries a transient error
 
     # --- data sources -------------------------------------------------------------------
 
@@ -94,22 +102,30 @@ class StateStore:
     ) -> StatusChanged:
         """Apply `change` to the data source row and log its new state, atomically.
 
-        If `change` raises Superseded, nothing is written and Superseded propagates.
+        If `change` raises Superseded, nothing is written and Superseded propagates. A
+        transient database error runs the transaction again (storage/retry.py): a committed
+        change must not be lost, nor a row left `processing`, for a dropped connection.
         """
-        with self.db.write() as s:
-            source = queries.require_data_source(s, data_source_id)
-            change(source)
-            source.updated_at = utcnow()
-            s.flush()
-            row = self._log(
-                s,
-                source.project_id,
-                "datasource",
-                source.id,
-                None,
-                queries.data_source_payload(source),
-            )
-            return status_from_row(row)
+
+        def write() -> StatusChanged:
+            with self.db.write() as s:
+                source = queries.require_data_source(s, data_source_id)
+                change(source)
+                source.updated_at = utcnow()
+                s.flush()
+                row = self._log(
+                    s,
+                    source.project_id,
+                    "datasource",
+                    source.id,
+                    None,
+                    queries.data_source_payload(source),
+                )
+                return status_from_row(row)
+
+        return retrying(
+            write, what=f"writing data source {data_source_id}'s state", deadline=self.deadline
+        )
 
     def data_source_processing(self, data_source_id: int) -> StatusChanged:
         return self.data_source(data_source_id, lambda r: set_source_state(r, "processing"))
@@ -133,13 +149,23 @@ class StateStore:
         self, project_id: int, node_id: str, change: Callable[[Graph], None]
     ) -> StatusChanged:
         """The graph row of a graph-like node (created on first use), as `data_source`."""
-        with self.db.write() as s:
-            graph = queries.get_or_create_graph(s, project_id, node_id)
-            change(graph)
-            graph.updated_at = utcnow()
-            s.flush()
-            row = self._log(s, project_id, "graph", graph.id, node_id, queries.graph_payload(graph))
-            return status_from_row(row)
+
+        def write() -> StatusChanged:
+            with self.db.write() as s:
+                graph = queries.get_or_create_graph(s, project_id, node_id)
+                change(graph)
+                graph.updated_at = utcnow()
+                s.flush()
+                row = self._log(
+                    s, project_id, "graph", graph.id, node_id, queries.graph_payload(graph)
+                )
+                return status_from_row(row)
+
+        return retrying(
+            write,
+            what=f"writing node '{node_id}' of project {project_id}'s state",
+            deadline=self.deadline,
+        )
 
     # --- plan edits ---------------------------------------------------------------------
 
@@ -196,6 +222,9 @@ class StateStore:
 
     def recover_interrupted(self) -> list[StatusChanged]:
         """Everything a crash left in `processing` (or `pending`) becomes `error`."""
+        return retrying(self._recover_interrupted, what="recovering interrupted executions")
+
+    def _recover_interrupted(self) -> list[StatusChanged]:
         with self.db.read() as s:
             # status "processing" with execution_state "not_started": queued, never started
             sources = s.scalars(

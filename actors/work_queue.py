@@ -54,7 +54,7 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from actors.bus import Bus
+from actors.bus import Bus, publish_committed
 from actors.executors import Executors
 from actors.plan import STOPPED, NodeStates, PlanNode, PlanRefused, plan_for
 from actors.state import StateStore, Superseded
@@ -486,6 +486,15 @@ class QueueWorker:
 
     def _run_plan(self, slot: _Slot, request: Claimed) -> str:
         project_id = request.project_id
+        if request.attempts > 1 and self.executors.plans.is_running(project_id):
+            # Our own claim was lost (the connection broke, the database was cut) while the
+            # run goes on here: wait for that run rather than settle its nodes under it.
+            log.warning(
+                "worker %s: %s: the run is still in progress here; waiting for it",
+                self.name,
+                request.describe(),
+            )
+            return self._wait_for_run(slot, request)
         if request.attempts > 1 or request.stop_requested:
             gave_up = request.attempts > self.max_attempts
             if request.stop_requested:
@@ -513,6 +522,10 @@ class QueueWorker:
             return f"refused: {refused}"
         except queries.NotFound as missing:
             return f"nothing to run: {missing}"
+        return self._wait_for_run(slot, request)
+
+    def _wait_for_run(self, slot: _Slot, request: Claimed) -> str:
+        project_id = request.project_id
         while True:
             try:
                 outcomes = self.executors.plans.wait(project_id, timeout=self.poll_interval)
@@ -580,7 +593,7 @@ def settle_data_source(
         source.error_message = reason
 
     try:
-        bus.publish(store.data_source(data_source_id, change))
+        publish_committed(bus, store.data_source(data_source_id, change))
     except (Superseded, queries.NotFound):
         return False
     return True

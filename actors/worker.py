@@ -23,7 +23,7 @@ from actors.plan import NodeHook
 from actors.redis_bus import RedisBus, bus_from_url
 from actors.state import DEFAULT_RETENTION, StateStore
 from actors.work_queue import DEFAULT_MAX_ATTEMPTS, QueueWorker, libpq_url
-from storage.db import Database
+from storage.db import DEFAULT_DATABASE_WAIT, check_database_url, open_database
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class WorkerConfig:
     grace: float = 30.0
     poll_interval: float = 1.0
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    database_wait: float = DEFAULT_DATABASE_WAIT  # seconds to wait for the database at start
 
 
 class Worker:
@@ -47,6 +48,7 @@ class Worker:
         before_node: NodeHook | None = None,
         wrap_bus: Any = None,
     ) -> None:
+        check_database_url(config.database_url)
         libpq_url(config.database_url)  # refuses SQLite with a clear message
         bus = bus_from_url(config.bus_url, listen=False)
         if not isinstance(bus, RedisBus):
@@ -55,8 +57,7 @@ class Worker:
                 "gateways' subscribers"
             )
         self.config = config
-        self.db = Database(config.database_url)
-        self.db.create_schema()
+        self.db = open_database(config.database_url, wait=config.database_wait)
         self.store = StateStore(self.db, retention=config.retention)
         self.bus: Bus = wrap_bus(bus) if wrap_bus is not None else bus
         self._redis = bus
@@ -72,6 +73,7 @@ class Worker:
         )
 
     def start(self) -> None:
+        self._redis.warn_if_unreachable()
         self.consumer.start()
         log.info("worker ready (database %s, bus %s)", self.db.describe(), self._redis.describe())
 

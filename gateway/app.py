@@ -22,7 +22,7 @@ from actors.state import DEFAULT_RETENTION, StateStore
 from actors.work_queue import QueueWorker, WorkQueue
 from gateway.schema import Services, make_schema
 from gateway.server import Gateway, GatewayConfig
-from storage.db import DEFAULT_DATABASE_URL, Database
+from storage.db import DEFAULT_DATABASE_URL, DEFAULT_DATABASE_WAIT, open_database
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class AppConfig:
     # with PostgreSQL, work then goes through the durable queue (actors/work_queue.py).
     bus_url: str | None = None
     enable_loadgen: bool = False
+    # Seconds to wait at start for a database that is not reachable yet (--database-wait).
+    database_wait: float = DEFAULT_DATABASE_WAIT
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
 
@@ -48,8 +50,7 @@ class App:
     ) -> None:
         self.config = config
         ShardedActor.use_threads(config.actor_threads)
-        self.db = Database(config.database_url)
-        self.db.create_schema()
+        self.db = open_database(config.database_url, wait=config.database_wait)
         self.store = StateStore(self.db, retention=config.retention)
         self.bus = bus or bus_from_url(config.bus_url)
         self.hub = Hub(
@@ -61,7 +62,7 @@ class App:
         if isinstance(self.bus, RedisBus):
             self.bus.attach(self.hub.route, resync=self._resync)
         else:
-            self.bus.attach(self.hub.route)
+            self.bus.attach(self.hub.route, self.hub.resync)
         self.executors = (
             Executors(
                 self.store, self.bus, workers=config.executor_workers, before_node=before_node
@@ -95,6 +96,8 @@ class App:
         self.hub.on_delivered = self.gateway.metrics.observe_delivery
 
     async def start(self) -> None:
+        if isinstance(self.bus, RedisBus):
+            await asyncio.to_thread(self.bus.warn_if_unreachable)
         if self.queue_worker is not None:
             # No global recovery here: other processes' executions are running. What a
             # dead worker left is settled by whoever claims its request again.

@@ -23,6 +23,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from actors.bus import PUBLISH_FAILURES
+from storage.retry import COUNTS
+
 
 class GatewayMetrics:
     def __init__(
@@ -32,6 +35,10 @@ class GatewayMetrics:
         r = self.registry
         r.register(_CallbackCounter("planpulse_events_published", _PUBLISHED, changes_published))
         ProcessCollector(registry=r)  # RSS, CPU, open fds of this process (process_*)
+        # Faults of the event path, repaired (process-wide counts: storage/retry.py, actors/).
+        r.register(_CallbackCounter("planpulse_publish_failures", _PUB_FAIL, _publish_failures))
+        r.register(_CallbackCounter("planpulse_db_retries", _DB_RETRIES, lambda: COUNTS.retries))
+        r.register(_CallbackCounter("planpulse_db_gave_up", _DB_GAVE_UP, lambda: COUNTS.gave_up))
         self.connections = Gauge("planpulse_connections", "Open WebSocket connections", registry=r)
         self.subscriptions = Gauge("planpulse_subscriptions", "Active subscriptions", registry=r)
         self.actors = Gauge("planpulse_project_actors", "Running project actors", registry=r)
@@ -100,6 +107,15 @@ class GatewayMetrics:
         with self._observing:
             self._observe_waiting()
         return generate_latest(self.registry)
+
+
+_PUB_FAIL = "Committed changes whose publishing or routing failed (repaired from the log)"
+_DB_RETRIES = "Database operations run again after a transient error"
+_DB_GAVE_UP = "Database operations that kept failing transiently until their deadline"
+
+
+def _publish_failures() -> int:
+    return PUBLISH_FAILURES.value
 
 
 _PUBLISHED = "State changes received from the bus by this process (whether or not watched)"

@@ -436,6 +436,11 @@ class ServerProtocol:
             text = _FORBIDDEN
         return self._close(CloseCode.FORBIDDEN, text or _FORBIDDEN)
 
+    def keepalive(self) -> list[Action]:
+        """Always ``[]``: graphql-transport-ws has no server keep-alive message (its client
+        pings; WebSocket pings do the rest). Here so both cores have the same methods."""
+        return []
+
     def init_timeout(self) -> list[Action]:
         """The caller's connection-init timer fired: close with 4408 unless acknowledged.
 

@@ -16,7 +16,7 @@ from typing import Any
 from graphql import GraphQLError, GraphQLResolveInfo, GraphQLSchema, build_schema
 
 from actors import processing
-from actors.bus import Bus
+from actors.bus import Bus, publish_committed
 from actors.events import node_events
 from actors.executors import WorkSink
 from actors.hub import Hub
@@ -145,7 +145,7 @@ def node_execution_states(s: Any, project_id: int, nodes: list[PlanDagNode]) -> 
 def _publish(ctx: RequestContext, logged: list[LoggedChange]) -> None:
     """After commit: the plan edit (and what it logged with it), in sequence order."""
     for message in logged:
-        ctx.services.bus.publish(message)
+        publish_committed(ctx.services.bus, message)
 
 
 def _node_fields(node: dict[str, Any]) -> dict[str, Any]:

@@ -29,9 +29,10 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
-from gateway import pages
+from gateway import pages, subprotocols
 from gateway import protocol as p
 from gateway.auth import Authenticator, auth_required, origin_allowed
+from gateway.errors import internal_error, public_errors
 from gateway.frames import text_frame_header
 from gateway.mailbox import SLOW_CONSUMER_CODE, Dispatcher, Outbox, SubscriptionMailbox
 from gateway.metrics import GatewayMetrics
@@ -62,6 +63,9 @@ class GatewayConfig:
     mailbox_capacity: int = 1000
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
+    # Seconds between `ka` messages on legacy graphql-ws connections (None: none); its
+    # client (subscriptions-transport-ws) drops a connection after 30 s without one.
+    legacy_keepalive: float | None = 10.0
     close_timeout: float = 10.0
     # Browser origins allowed besides the page's own (see gateway/auth.origin_allowed).
     allowed_origins: list[str] = field(default_factory=list)
@@ -106,7 +110,7 @@ class Gateway:
             self._handle,
             self.config.host,
             self.config.port,
-            subprotocols=[p.SUBPROTOCOL],
+            subprotocols=list(subprotocols.PREFERENCE),
             select_subprotocol=_select_subprotocol,
             process_request=self._process_request,
             max_size=self.config.max_message_bytes,
@@ -199,8 +203,17 @@ class Gateway:
 
     # --- WebSocket ----------------------------------------------------------------------
 
+    def _protocol_core(self, subprotocol: str | None) -> subprotocols.SelectedCore | None:
+        """The protocol core for a connection, by the subprotocol it negotiated."""
+        return subprotocols.core_for(
+            subprotocol,
+            max_operations=self.config.max_operations,
+            keepalive_interval=self.config.legacy_keepalive,
+        )
+
     async def _handle(self, ws: ServerConnection) -> None:
-        if ws.subprotocol != p.SUBPROTOCOL:
+        selected = self._protocol_core(ws.subprotocol)
+        if selected is None:
             await ws.close(p.CloseCode.SUBPROTOCOL_NOT_ACCEPTABLE, "Subprotocol not acceptable")
             return
         # The handshake's headers are not read again: drop them (a few KiB per socket).
@@ -208,7 +221,7 @@ class Gateway:
         if ws.request is not None:
             ws.request = Request(ws.request.path, Headers())
         ws.response = None
-        connection = Connection(self, ws)
+        connection = Connection(self, ws, selected)
         self.connections.add(connection)
         self.metrics.connections.inc()
         try:
@@ -221,9 +234,12 @@ class Gateway:
 def _select_subprotocol(
     _connection: ServerConnection, offered: Sequence[Subprotocol]
 ) -> Subprotocol | None:
-    """Accept the handshake even without our subprotocol, so that the client is told why
-    with the protocol's own close code (4406) instead of a bare HTTP 400."""
-    return Subprotocol(p.SUBPROTOCOL) if p.SUBPROTOCOL in offered else None
+    """graphql-transport-ws if offered, else the legacy graphql-ws (gateway/subprotocols.py).
+
+    Accept the handshake even without either, so that the client is told why with the
+    protocol's own close code (4406) instead of a bare HTTP 400."""
+    chosen = subprotocols.select(offered)
+    return Subprotocol(chosen) if chosen is not None else None
 
 
 def _response(status: HTTPStatus, body: bytes | str, content_type: str = "text/plain") -> Response:
@@ -276,11 +292,14 @@ class SocketSink:
 class Connection:
     """One socket: its protocol state, its outbox, its operations."""
 
-    def __init__(self, gateway: Gateway, ws: ServerConnection) -> None:
+    def __init__(
+        self, gateway: Gateway, ws: ServerConnection, selected: subprotocols.SelectedCore
+    ) -> None:
         self.gateway = gateway
         self.ws = ws
         self.loop = asyncio.get_running_loop()
-        self.protocol = p.ServerProtocol(max_operations=gateway.config.max_operations)
+        self.protocol: subprotocols.ProtocolCore = selected.core
+        self.keepalive_interval = selected.keepalive_interval
         self.outbox = Outbox(
             SocketSink(ws),
             gateway.dispatcher(self.loop),
@@ -293,9 +312,14 @@ class Connection:
         self.subscriptions: dict[str, tuple[int, SubscriptionMailbox]] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.closing = False
+        self._keepalive_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         timer = self.loop.call_later(self.gateway.config.init_timeout, self._on_init_timeout)
+        if self.keepalive_interval:
+            self._keepalive_timer = self.loop.call_later(
+                self.keepalive_interval, self._on_keepalive
+            )
         try:
             async for message in self.ws:
                 await self._apply(self.protocol.receive(message))
@@ -303,6 +327,8 @@ class Connection:
             pass
         finally:
             timer.cancel()
+            if self._keepalive_timer is not None:
+                self._keepalive_timer.cancel()
             self._end_everything()
             self.outbox.close()
 
@@ -346,10 +372,22 @@ class Connection:
             return
         self.closing = True
         self._end_everything()
+        # Let the Dispatcher write what the core sent just before closing (the legacy
+        # protocol's connection_error): its loop callback is already scheduled.
+        await asyncio.sleep(0)
         await self.ws.close(code, reason)
 
     def _on_init_timeout(self) -> None:
         asyncio.ensure_future(self._apply(self.protocol.init_timeout()))
+
+    def _on_keepalive(self) -> None:
+        """The legacy protocol's `ka`: a control frame, every `keepalive_interval`."""
+        if self.keepalive_interval is None or self.closing:
+            return
+        for action in self.protocol.keepalive():
+            if isinstance(action, p.Send):
+                self.outbox.put_control(action.text)
+        self._keepalive_timer = self.loop.call_later(self.keepalive_interval, self._on_keepalive)
 
     def _on_slow_consumer(self, reason: str) -> None:
         if self.closing:
@@ -407,7 +445,7 @@ class Connection:
 
         mailbox = SubscriptionMailbox(
             self.outbox,
-            p.ServerProtocol.next_prefix(op.id),
+            self.protocol.next_prefix(op.id),
             selection,
             self.gateway.config.mailbox_capacity,
             on_fail,
@@ -417,16 +455,20 @@ class Connection:
         # Awaited before the next message of this socket is read: anything the client does
         # after subscribing is ordered after the subscription in the actor. On a worker
         # thread, because starting a project's actor reads the database.
-        await self.loop.run_in_executor(
-            self.gateway.pool,
-            functools.partial(
-                self.gateway.services.hub.subscribe,
-                request.project_id,
-                mailbox,
-                after_sequence=request.after_sequence,
-                snapshot=request.snapshot,
-            ),
-        )
+        try:
+            await self.loop.run_in_executor(
+                self.gateway.pool,
+                functools.partial(
+                    self.gateway.services.hub.subscribe,
+                    request.project_id,
+                    mailbox,
+                    after_sequence=request.after_sequence,
+                    snapshot=request.snapshot,
+                ),
+            )
+        except Exception as error:  # noqa: BLE001 - the operation fails, not the connection
+            self._subscription_failed(op.id, mailbox, [internal_error(error, "subscribe")])
+            return
         current = self.subscriptions.get(op.id)
         if self.closing or current is None or current[1] is not mailbox:
             # Ended (connection closed) while the hub was subscribing it: undo.
@@ -468,11 +510,9 @@ class Connection:
         except asyncio.CancelledError:
             pass
         except Exception as error:  # noqa: BLE001 - an operation's failure is the client's answer
-            log.exception("operation %s failed", op.id)
+            public = internal_error(error, f"operation {op.id}")
             if self.tasks.get(op.id) is task:
-                await self._apply(
-                    self.protocol.error(op.id, [{"message": f"internal error: {error}"}])
-                )
+                await self._apply(self.protocol.error(op.id, [public]))
         finally:
             if self.tasks.get(op.id) is task:
                 del self.tasks[op.id]
@@ -486,4 +526,4 @@ class Connection:
             operation_name=op.operation_name,
         )
         assert isinstance(result, ExecutionResult)
-        return result
+        return public_errors(result)

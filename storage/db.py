@@ -8,19 +8,73 @@ waiting). PostgreSQL needs nothing special: row locks serialise what must be ser
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.migrate import upgrade
 from storage.models import Base
+from storage.retry import is_transient, reason
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE_URL = "sqlite:///planpulse.db"
+DEFAULT_DATABASE_WAIT = 60.0  # seconds a starting process waits for its database
 _WRITE = "planpulse_write"
+# pg_advisory_lock key held while the schema is created or upgraded: any number of
+# processes may start at once on an empty database ("planpulse" in ASCII, as a bigint).
+SCHEMA_LOCK = 0x706C616E70756C73
+# Errors that waiting does not cure: say so at once.
+_PERMANENT = ("authentication failed", "does not exist", "pg_hba.conf", "permission denied")
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be used (bad URL, unreachable, refused); one sentence."""
+
+
+def check_database_url(url: str) -> None:
+    """DatabaseUnavailable, with what to give instead, if `url` is no URL at all."""
+    try:
+        make_url(url)
+    except ArgumentError as error:
+        raise _bad_url(url, error) from None
+
+
+def _bad_url(url: str, error: Exception) -> DatabaseUnavailable:
+    return DatabaseUnavailable(
+        f"--database-url {url!r} is not a database URL planpulse can use ({reason(error)}): "
+        "give sqlite:///path.db or postgresql+psycopg://user@host:5432/name"
+    )
+
+
+def open_database(
+    url: str, *, wait: float = DEFAULT_DATABASE_WAIT, pool_size: int = 10
+) -> Database:
+    """The Database of `url`, reachable and with its schema, for a process that starts.
+
+    A database that is not reachable yet (starting, restarting, its host booting) is
+    waited for up to `wait` seconds, with a log line; one that refuses us for good (a bad
+    URL, a wrong password, a missing database) ends in a DatabaseUnavailable at once.
+    """
+    check_database_url(url)
+    try:
+        db = Database(url, pool_size=pool_size)
+    except (ArgumentError, NoSuchModuleError, ValueError) as error:
+        raise _bad_url(url, error) from None
+    try:
+        db.wait_until_reachable(wait)
+        db.create_schema()
+    except Exception:
+        db.dispose()
+        raise
+    return db
 
 
 class Database:
@@ -80,9 +134,61 @@ class Database:
 
         return engine
 
+    def wait_until_reachable(self, seconds: float) -> None:
+        """Return once a connection opens; wait up to `seconds` for a database that is not
+        reachable yet (one log line every few seconds), then DatabaseUnavailable."""
+        started = time.monotonic()
+        delay, next_log = 0.1, 0.0
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            except SQLAlchemyError as error:
+                why = reason(error)
+                waited = time.monotonic() - started
+                permanent = any(word in why for word in _PERMANENT) or not (
+                    is_transient(error) or "connect" in why.lower()
+                )
+                if permanent or waited + delay > seconds:
+                    raise DatabaseUnavailable(
+                        f"cannot use the database {self.describe()}: {why}"
+                        + ("" if permanent else f" (waited {waited:.0f} s, --database-wait)")
+                    ) from None
+                if waited >= next_log:
+                    log.warning(
+                        "waiting for the database %s (%s): retrying for up to %.0f s more",
+                        self.describe(),
+                        why,
+                        seconds - waited,
+                    )
+                    next_log = waited + 5.0
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if time.monotonic() - started > 1.0:
+                log.info("the database %s is reachable", self.describe())
+            return
+
     def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
-        upgrade(self.engine)  # a database made by an earlier version: add what it lacks
+        """Create what is missing, and upgrade an older schema, once however many processes
+        start together: on PostgreSQL under an advisory lock (two concurrent CREATE TABLEs
+        of one table break each other: UniqueViolation on pg_type), so the second process
+        finds the tables made."""
+        if self.is_sqlite:
+            Base.metadata.create_all(self.engine)
+            upgrade(self.engine)  # a database made by an earlier version: add what it lacks
+            return
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+            conn.commit()
+            try:
+                Base.metadata.create_all(conn)
+                conn.commit()
+                upgrade(self.engine)
+            finally:
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK})
+                conn.commit()
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -2,10 +2,9 @@
 up, its JSON has the promised shape, and the faults this branch handles lose nothing.
 
 One run of `python run.py faults` (every fault, small numbers) for the module; each
-fault's row is then checked on its own. The database cut depends on issue 12's
-supervision items (a ProjectActor that fails is replaced; publishing never fails a
-committed change; transient errors retried): its check is as strict as the others but
-may fail until those are in.
+fault's row is then checked on its own, the database cut as strictly as the others (issue
+12: transient errors retried, project actors that wait for the log and catch up, a failed
+actor replaced, publishing that never fails a committed change).
 """
 
 from __future__ import annotations
@@ -117,23 +116,7 @@ def test_the_suite_leaves_no_database_behind(report: dict[str, Any]) -> None:
     assert left == (0,)
 
 
-SUPERVISION = (
-    "issue 12 items 1-3 (publishing never fails a committed change, ProjectActor "
-    "supervision, transient-error retries) are another branch's: until merged, a database "
-    "cut can leave watchers silent"
-)
-
-
-@pytest.mark.parametrize(
-    "fault",
-    [
-        "redis",
-        "worker",
-        "gateway",
-        "storm",
-        pytest.param("db", marks=pytest.mark.xfail(strict=False, reason=SUPERVISION)),
-    ],
-)
+@pytest.mark.parametrize("fault", ORDER)
 def test_every_watcher_holds_the_whole_log_and_nothing_is_stuck(
     report: dict[str, Any], fault: str
 ) -> None:

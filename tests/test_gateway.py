@@ -75,7 +75,8 @@ def test_protocol_close_codes(server: Any) -> None:
 
 def test_subprotocol_is_required_4406(server: Any) -> None:
     async def scenario() -> tuple[int | None, str]:
-        client = await RawClient.open(server.url, subprotocols=["graphql-ws"])  # legacy Apollo
+        # graphql-ws (legacy Apollo) is served too: see tests/test_legacy_gateway.py.
+        client = await RawClient.open(server.url, subprotocols=["graphql-sse", "mqtt"])
         return await client.closed()
 
     assert run(scenario()) == (4406, "Subprotocol not acceptable")

@@ -117,8 +117,10 @@ class Logger(ShardedActor):
         self.name, self.log, self.gate = name, log, gate
 
     def on_receive(self, message: Any) -> Any:
+        if message == "ready":
+            return None  # answered once the first turn (on_start) is over: not logged
         if message == "block":
-            self.gate.wait(5)
+            self.gate.wait(30)
         self.log.append(self.name)
 
 
@@ -130,6 +132,14 @@ def test_a_busy_actor_does_not_starve_the_others_on_its_thread() -> None:
         gate = threading.Event()
         busy = Logger.start("busy", log, gate)
         quiet = Logger.start("quiet", log, gate)
+        # Both idle first: a message told while an actor's first turn still runs joins that
+        # turn, which would let `quiet` run before `busy` is even blocked.
+        busy.ask("ready", timeout=10)
+        quiet.ask("ready", timeout=10)
+        deadline = time.monotonic() + 10
+        while busy.actor_inbox.scheduled or quiet.actor_inbox.scheduled:  # turns fully over
+            assert time.monotonic() < deadline, "the actors' first turns never ended"
+            time.sleep(0.001)
         busy.tell("block")  # holds the thread while both inboxes fill
         for _ in range(TURN * 10):
             busy.tell("work")
