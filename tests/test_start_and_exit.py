@@ -216,7 +216,9 @@ def test_an_unexpected_resolver_error_is_a_generic_message_with_a_logged_id(
     server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken(_s: Any) -> Any:
-        raise IntegrityError("SELECT secret FROM projects WHERE x = %(p)s", {"p": "parameter-value-xyz"}, None)
+        raise IntegrityError(
+            "SELECT secret FROM projects WHERE x = %(p)s", {"p": "parameter-value-xyz"}, None
+        )
 
     monkeypatch.setattr(queries, "list_projects", broken)
 
