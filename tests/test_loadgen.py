@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from typing import Any
 
 from actors.loadgen import LoadGenerator
@@ -125,3 +126,37 @@ def test_start_reuses_what_prepare_made_and_drives_every_project(sqlite_url: str
     finally:
         generator.stop()
         db.dispose()
+
+
+def test_load_goes_through_the_state_store_and_says_where_its_time_goes(
+    start_server: Any,
+) -> None:
+    """The generator persists with StateStore.data_source_states (the store's rules: the
+    resolution stored with each row, pruning) and /metrics shows its stage timings."""
+    server = start_server(enable_loadgen=True)
+    calls: list[int] = []
+    store = server.app.store
+    original = store.data_source_states
+    store.data_source_states = lambda changes, now: (  # type: ignore[method-assign]
+        calls.append(len(changes)) or original(changes, now)
+    )
+    loadgen = server.app.services.loadgen
+    loadgen.prepare(3)
+    loadgen.start(3, rate=300, seconds=0.5)
+    wait_until(lambda: loadgen.timings.changes == 150, 20, "150 load changes published")
+    assert sum(calls) == 150
+    with server.app.db.read() as s:
+        assert sum(queries.last_sequence(s, pid) for pid in (1, 2, 3)) == 150
+    with urllib.request.urlopen(f"{server.http}/metrics") as response:
+        text = response.read().decode()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("planpulse_loadgen_")
+    }
+    assert values["planpulse_loadgen_changes_total"] == 150
+    assert values["planpulse_loadgen_batches_total"] >= 1
+    assert values["planpulse_loadgen_persist_seconds_total"] > 0
+    assert values["planpulse_loadgen_publish_seconds_total"] > 0
+    wait_until(lambda: loadgen.timings.lag_seconds == 0, 10, "the driver finished")
+    assert loadgen.timings.max_lag_seconds >= 0
