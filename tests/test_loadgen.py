@@ -160,3 +160,42 @@ def test_load_goes_through_the_state_store_and_says_where_its_time_goes(
     assert values["planpulse_loadgen_publish_seconds_total"] > 0
     wait_until(lambda: loadgen.timings.lag_seconds == 0, 10, "the driver finished")
     assert loadgen.timings.max_lag_seconds >= 0
+
+
+def test_state_store_group_commit_resolves_prunes_and_orders(sqlite_url: str) -> None:
+    from sqlalchemy import func, select
+
+    from storage.models import ExecutionEvent, utcnow
+
+    db = Database(sqlite_url)
+    db.create_schema()
+    try:
+        sources = LoadGenerator(StateStore(db), CountingBus()).prepare(2)  # type: ignore[arg-type]
+        store = StateStore(db, retention=5)
+
+        def payload(source_id: int) -> dict[str, Any]:
+            return {
+                "dataSourceId": source_id,
+                "filename": "load.csv",
+                "status": "processing",
+                "processedAt": None,
+                "executionState": "processing",
+                "errorMessage": None,
+            }
+
+        changes = [(1 + i % 2, sources[1 + i % 2], payload(sources[1 + i % 2])) for i in range(20)]
+        messages = store.data_source_states(changes, utcnow())
+        assert [(m.project_id, m.sequence) for m in messages] == [
+            (1 + i % 2, i // 2 + 1) for i in range(20)
+        ]
+        assert messages[0].nodes == (("load_1", "DataSourceNode"),)
+        assert messages[0].nodes is messages[2].nodes  # one resolution per source per batch
+        with db.read() as s:
+            kept = s.scalar(
+                select(func.count())
+                .select_from(ExecutionEvent)
+                .where(ExecutionEvent.project_id == 1)
+            )
+        assert kept == 5  # retention below PRUNE_EVERY: pruned on every event
+    finally:
+        db.dispose()
