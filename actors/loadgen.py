@@ -21,8 +21,7 @@ import pykka
 from sqlalchemy import func, insert, select, text
 
 from actors.bus import Bus
-from actors.messages import StatusChanged
-from actors.state import PRUNE_EVERY, StateStore
+from actors.state import StateStore
 from storage import queries
 from storage.models import DataSource, PlanDagNode, Project, utcnow
 
@@ -37,6 +36,23 @@ def load_node_id(project_id: int) -> str:
     return f"load_{project_id}"
 
 
+@dataclass(slots=True)
+class LoadTimings:
+    """Where the load generator's time goes, for /metrics (one writer: its own threads).
+
+    `lag_seconds` is how long the oldest change that fell due has waited to be persisted:
+    above a tick or two, the store (not the gateway) is what cannot keep up, and the load
+    offered is less than asked for.
+    """
+
+    persist_seconds: float = 0.0
+    publish_seconds: float = 0.0
+    batches: int = 0
+    changes: int = 0
+    lag_seconds: float = 0.0
+    max_lag_seconds: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     project_ids: tuple[int, ...]
@@ -47,8 +63,11 @@ class LoadExecutor(pykka.ThreadingActor):
 
     use_daemon_thread = True  # a process that fails or is interrupted still exits
 
-    def __init__(self, store: StateStore, bus: Bus, sources: dict[int, int]) -> None:
+    def __init__(
+        self, store: StateStore, bus: Bus, sources: dict[int, int], timings: LoadTimings
+    ) -> None:
         super().__init__()
+        self.timings = timings
         self.store = store
         self.bus = bus
         self.sources = sources  # project id -> its load data source id
@@ -82,24 +101,15 @@ class LoadExecutor(pykka.ThreadingActor):
                     },
                 )
             )
-        with self.store.db.write() as s:
-            recorded = queries.record_data_source_states(s, changes, now)
-            for project_id, sequence, _source, _payload, _nodes in recorded:
-                if sequence % PRUNE_EVERY == 0:
-                    queries.prune_events(s, project_id, self.store.retention)
-        routes: dict[int, tuple[tuple[str, str], ...]] = {}  # one tuple per source per batch
-        messages = []
-        for project_id, sequence, source_id, payload, nodes in recorded:
-            carried = routes.get(source_id)
-            if carried is None:
-                carried = routes[source_id] = tuple((n, kind) for n, kind in nodes)
-            messages.append(
-                StatusChanged(
-                    project_id, sequence, "datasource", source_id, None, payload, stamp, carried
-                )
-            )
+        persisting = time.perf_counter()
+        messages = self.store.data_source_states(changes, now)
+        publishing = time.perf_counter()
         for message in messages:
             self.bus.publish(message)
+        self.timings.persist_seconds += publishing - persisting
+        self.timings.publish_seconds += time.perf_counter() - publishing
+        self.timings.batches += 1
+        self.timings.changes += len(messages)
         self.published += len(messages)
 
 
@@ -114,6 +124,7 @@ class LoadGenerator:
         # What the last prepare made: startLoad reuses it instead of reading 10,000
         # projects again, so that it returns at once.
         self._prepared: dict[int, int] = {}
+        self.timings = LoadTimings()
 
     def prepare(self, projects: int) -> dict[int, int]:
         """Projects 1..n with their load data source; returns project id → source id.
@@ -204,10 +215,10 @@ class LoadGenerator:
         self.stop()
         with self._lock:
             self._stop = threading.Event()
-            self._executor = LoadExecutor.start(self.store, self.bus, sources)
+            self._executor = LoadExecutor.start(self.store, self.bus, sources, self.timings)
             self._run = threading.Thread(
                 target=self._drive,
-                args=(self._executor, projects, rate, seconds, self._stop),
+                args=(self._executor, projects, rate, seconds, self._stop, self.timings),
                 name="loadgen-driver",
                 daemon=True,
             )
@@ -220,6 +231,7 @@ class LoadGenerator:
         rate: int,
         seconds: float,
         stop: threading.Event,
+        timings: LoadTimings,
     ) -> None:
         started = time.monotonic()
         sent = 0
@@ -227,9 +239,12 @@ class LoadGenerator:
         next_project = 0
         in_flight: pykka.Future[Any] | None = None
         waiting: list[int] = []
+        waiting_due = in_flight_due = 0.0  # when the oldest change of each fell due
         while (sent < total or waiting or in_flight is not None) and not stop.is_set():
             due = min(total, int(rate * (time.monotonic() - started))) - sent
             if due > 0:
+                if not waiting:
+                    waiting_due = started + (sent + 1) / rate
                 waiting.extend((next_project + i) % projects + 1 for i in range(due))
                 next_project = (next_project + due) % projects
                 sent += due
@@ -244,8 +259,14 @@ class LoadGenerator:
                 in_flight = None
             if in_flight is None and waiting:
                 in_flight = executor.ask(Batch(tuple(waiting)), block=False)
+                in_flight_due = waiting_due
                 waiting = []
+            oldest = in_flight_due if in_flight is not None else waiting_due if waiting else 0
+            lag = max(0.0, time.monotonic() - oldest) if oldest else 0.0
+            timings.lag_seconds = lag
+            timings.max_lag_seconds = max(timings.max_lag_seconds, lag)
             stop.wait(TICK_SECONDS)
+        timings.lag_seconds = 0.0
         log.info("loadgen: %d changes requested in %.1fs", sent, time.monotonic() - started)
 
     def stop(self) -> None:

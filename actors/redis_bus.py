@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from collections import deque
@@ -131,7 +130,7 @@ class RedisBus:
         self.handler_errors = 0  # messages the hub could not take (see _hand_over)
         self._last_handler_error = 0.0
         self.resync_errors = 0
-        self._resyncs: queue.SimpleQueue[int | None | object] = queue.SimpleQueue()
+        self._resyncs = ResyncQueue()
         self._thread: threading.Thread | None = None
         self._resync_thread: threading.Thread | None = None
 
@@ -403,6 +402,50 @@ class RedisBus:
 
 
 _STOP = object()
+
+
+class ResyncQueue:
+    """Catch-ups waiting for the resync thread, each project at most once (bounded).
+
+    A catch-up reads the log up to its current end, so two waiting ones of a project are
+    one: a burst of failed hand-overs or quiet periods queues it once, and a waiting
+    "all" (None) covers every project queued before it. At most one entry per watched
+    project plus one "all" wait, however long the resync thread is held up.
+    """
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._projects: dict[int, None] = {}  # insertion-ordered set
+        self._all = False
+        self._stop = False
+
+    def put(self, item: int | None | object) -> None:
+        with self._ready:
+            if item is _STOP:
+                self._stop = True
+            elif item is None:
+                self._all = True
+                self._projects.clear()
+            elif not self._all:
+                self._projects[item] = None  # type: ignore[index]
+            self._ready.notify()
+
+    def get(self) -> int | None | object:
+        with self._ready:
+            while not (self._stop or self._all or self._projects):
+                self._ready.wait()
+            if self._stop:
+                return _STOP
+            if self._all:
+                self._all = False
+                return None
+            project_id = next(iter(self._projects))
+            del self._projects[project_id]
+            return project_id
+
+    def __len__(self) -> int:
+        with self._ready:
+            return len(self._projects) + self._all
 
 
 def _text(value: Any) -> str:

@@ -7,7 +7,7 @@ one place: each method commits, then returns the StatusChanged the caller publis
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -142,6 +142,37 @@ class StateStore:
 
     def data_source_failed(self, data_source_id: int, error: str) -> StatusChanged:
         return self.data_source(data_source_id, lambda r: set_source_state(r, "error", error=error))
+
+    def data_source_states(
+        self, changes: Sequence[tuple[int, int, dict[str, Any]]], now: datetime
+    ) -> list[StatusChanged]:
+        """Log many data sources' new states in one transaction (group commit).
+
+        `changes` are (project id, data source id, payload) in order. The same rules as
+        `data_source`: each change gets its project's next sequence, is resolved to the
+        nodes naming its source as of that sequence, the log is pruned every PRUNE_EVERY
+        events; the messages to publish after commit are returned in order. The load
+        generator writes through here, so a load test measures this store, not a copy.
+        Each data source's resolution is carried as one shared tuple per batch.
+        """
+        stamp = queries.rfc3339(now) or ""
+        with self.db.write() as s:
+            recorded = queries.record_data_source_states(s, changes, now)
+            for project_id, sequence, _source, _payload, _nodes in recorded:
+                if sequence % PRUNE_EVERY == 0 or self.retention < PRUNE_EVERY:
+                    queries.prune_events(s, project_id, self.retention)
+        carried_of: dict[int, tuple[tuple[str, str], ...]] = {}
+        messages = []
+        for project_id, sequence, source_id, payload, nodes in recorded:
+            carried = carried_of.get(source_id)
+            if carried is None:
+                carried = carried_of[source_id] = tuple((n, kind) for n, kind in nodes)
+            messages.append(
+                StatusChanged(
+                    project_id, sequence, "datasource", source_id, None, payload, stamp, carried
+                )
+            )
+        return messages
 
     # --- graphs -------------------------------------------------------------------------
 

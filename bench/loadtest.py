@@ -299,6 +299,20 @@ class ServerUnderTest:
                     return float(line.rsplit(" ", 1)[1])
         return None
 
+    def metrics(self, names: Sequence[str]) -> dict[str, float]:
+        """Several unlabelled metrics from one scrape (those the server does not have: absent)."""
+        body = self.get("/metrics")
+        found: dict[str, float] = {}
+        if body is None:
+            return found
+        wanted = set(names)
+        for line in body.decode().splitlines():
+            name, _, value = line.partition(" ")
+            if name in wanted:
+                with contextlib.suppress(ValueError):
+                    found[name] = float(value)
+        return found
+
     def healthz(self) -> dict[str, Any]:
         body = self.get("/healthz")
         if body is None:
@@ -799,6 +813,7 @@ class LoadTest:
         subscriptions = args.subscriptions or args.connections
         offered = rate * subscriptions / args.projects
         published_before = server.metric("planpulse_events_published_total")
+        stages_before = server.metrics(STAGE_METRICS)
         cpu_server = server.cpu_seconds()
         cpu_clients = clients.cpu_seconds()
         cpu_self = cpu_seconds(os.getpid())
@@ -838,6 +853,7 @@ class LoadTest:
                 break
         self.progress.done()
         published_after = server.metric("planpulse_events_published_total")
+        stages_after = server.metrics(STAGE_METRICS)
         cpu_server_after = server.cpu_seconds()
         cpu_clients_after = clients.cpu_seconds()
         cpu_self_after = cpu_seconds(os.getpid())
@@ -851,6 +867,7 @@ class LoadTest:
             else None
         )
         losses = account(tallies, server_last, server_events)
+        stages = stage_split(stages_before, stages_after)
         if cut_off:
             losses.notes.append(
                 f"deliveries were still arriving {args.drain:g} s after the load ended "
@@ -865,6 +882,7 @@ class LoadTest:
             extra,
             peak,
             server_events,
+            stages,
             _cpu_shares(
                 wall,
                 server=(cpu_server, cpu_server_after),
@@ -935,6 +953,7 @@ class LoadTest:
         extra: dict[str, Any],
         peak: dict[str, float],
         server_events: int | None,
+        stages: dict[str, float],
         cpu: dict[str, float | None],
     ) -> dict[str, Any]:
         clients = self.clients
@@ -993,6 +1012,7 @@ class LoadTest:
                 "threads": peak["threads"] or None,
             },
             "cpu": cpu,
+            "stages": stages,
             "held": not reasons,
             "verdict": "held" if not reasons else "; ".join(reasons),
             "timeline": timeline,
@@ -1156,6 +1176,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"{_pct(cpu['server_percent']):>7} {_pct(cpu['clients_percent']):>7} "
             f"{_pct(cpu['other_percent']):>6}  {step['verdict']}"
         )
+        if step.get("stages"):
+            lines.append("      where the time goes: " + format_stages(step["stages"]))
         for note in step["notes"]:
             lines.append(f"      note: {note}")
         for reason, n in step["close_reasons"].items():
@@ -1216,6 +1238,66 @@ def format_report(report: dict[str, Any]) -> str:
             f"threads {lg['threads_end']}, RSS {lg['rss_mb_end']} MB"
         )
     return "\n".join(lines)
+
+
+STAGE_METRICS = (
+    "planpulse_loadgen_persist_seconds_total",
+    "planpulse_loadgen_publish_seconds_total",
+    "planpulse_loadgen_changes_total",
+    "planpulse_loadgen_batches_total",
+    "planpulse_loadgen_max_lag_seconds",
+    "planpulse_delivery_latency_seconds_sum",
+    "planpulse_delivery_latency_seconds_count",
+)
+
+
+def stage_split(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The server's own stage timings over a step, per change (µs) and per delivery (ms).
+
+    persist: StateStore's group commit per change; publish: bus + hub route per change;
+    handover: a change's timestamp → its frames handed to the subscribers' outboxes (the
+    project actor's render, once per event per selection, included), mean. The client's
+    latency minus handover is the write and the socket. Empty for a server without these
+    metrics (the baseline).
+    """
+
+    def delta(name: str) -> float | None:
+        if name not in before or name not in after:
+            return None
+        return after[name] - before[name]
+
+    changes = delta("planpulse_loadgen_changes_total")
+    out: dict[str, float] = {}
+    if changes:
+        persist = delta("planpulse_loadgen_persist_seconds_total") or 0.0
+        publish = delta("planpulse_loadgen_publish_seconds_total") or 0.0
+        batches = delta("planpulse_loadgen_batches_total") or 0.0
+        out["changes"] = changes
+        out["persist_us_per_change"] = round(persist / changes * 1e6, 1)
+        out["publish_us_per_change"] = round(publish / changes * 1e6, 1)
+        out["changes_per_batch"] = round(changes / batches, 1) if batches else 0.0
+        if "planpulse_loadgen_max_lag_seconds" in after:
+            out["loadgen_max_lag_ms"] = round(after["planpulse_loadgen_max_lag_seconds"] * 1e3, 1)
+    handed = delta("planpulse_delivery_latency_seconds_count")
+    if handed:
+        total = delta("planpulse_delivery_latency_seconds_sum") or 0.0
+        out["handover_ms_mean"] = round(total / handed * 1e3, 2)
+    return out
+
+
+def format_stages(stages: dict[str, float]) -> str:
+    parts = []
+    if "persist_us_per_change" in stages:
+        parts.append(
+            f"persist {stages['persist_us_per_change']:g} µs/change "
+            f"({stages['changes_per_batch']:g}/batch), "
+            f"publish+route {stages['publish_us_per_change']:g} µs/change"
+        )
+    if "handover_ms_mean" in stages:
+        parts.append(f"timestamp → outboxes {stages['handover_ms_mean']:g} ms mean")
+    if "loadgen_max_lag_ms" in stages:
+        parts.append(f"load-generator lag max {stages['loadgen_max_lag_ms']:g} ms")
+    return "; ".join(parts)
 
 
 def _pct(value: float | None) -> str:

@@ -94,6 +94,8 @@ class App:
             self.services, make_schema(loadgen=config.enable_loadgen), config.gateway
         )
         self.hub.on_delivered = self.gateway.metrics.observe_delivery
+        if self.services.loadgen is not None:
+            self.gateway.metrics.watch_loadgen(self.services.loadgen.timings)
 
     async def start(self) -> None:
         if isinstance(self.bus, RedisBus):

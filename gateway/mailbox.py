@@ -15,7 +15,8 @@ live frames per subscription may wait. When a new frame would exceed that, an un
 older frame of the same node is dropped (only a node's latest state matters; the client
 sees the skipped sequence and can read it from the log). If no frame of that node is
 waiting, the subscriber cannot keep up at all: the connection is closed with 1013 and a
-reason that says how to resume.
+reason that says where to resume without a gap (`afterSequence: N`, N being the last
+sequence of the subscription before the first frame that may not have reached the socket).
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ class FrameSink(Protocol):
 class _Frame:
     """A frame waiting in a backlog; `data` None once it has been coalesced away."""
 
-    __slots__ = ("serial", "node_id", "data")
+    __slots__ = ("serial", "node_id", "sequence", "data")
 
-    def __init__(self, serial: int, node_id: str | None, data: bytes) -> None:
+    def __init__(self, serial: int, node_id: str | None, sequence: int, data: bytes) -> None:
         self.serial = serial  # which subscription; 0 for control frames
         self.node_id = node_id
+        self.sequence = sequence  # 0 for control frames
         self.data: bytes | None = data
 
 
@@ -84,9 +86,9 @@ class Outbox:
         self.sink = sink
         self.dispatcher = dispatcher
         self.touched = False  # queued frames since the Dispatcher's last flush of it
-        # The fast path, since the last flush: (serial, node id or None, frame, capacity);
-        # capacity 0 for frames that are never coalesced (control frames, replays).
-        self._ready: list[tuple[int, str | None, bytes, int]] = []
+        # The fast path, since the last flush: (serial, node id or None, sequence, frame,
+        # capacity); capacity 0 for frames that are never coalesced (control frames, replays).
+        self._ready: list[tuple[int, str | None, int, bytes, int]] = []
         # The slow path, while the socket is paused: frames with per-subscription accounting.
         self._backlog: deque[_Frame] | None = None  # made when first needed (memory)
         self._pending: dict[int, int] = {}  # subscription serial -> live frames in backlog
@@ -126,19 +128,20 @@ class Outbox:
             return
         if items is None:
             if self._drainer is None:
-                self._ready.append((0, None, prefix, 0))
+                self._ready.append((0, None, 0, prefix, 0))
             else:
-                self._backlog_append(0, None, prefix, 0)
+                self._backlog_append(0, None, 0, prefix, 0)
             return
         if replay:
             capacity = 0
         if self._drainer is None:
             ready = self._ready
-            for node_id, _sequence, payload in items:
-                ready.append((serial, node_id, prefix + payload + b"}", capacity))
+            for node_id, sequence, payload in items:
+                ready.append((serial, node_id, sequence, prefix + payload + b"}", capacity))
         else:
-            for node_id, _sequence, payload in items:
-                if not self._backlog_append(serial, node_id, prefix + payload + b"}", capacity):
+            for node_id, sequence, payload in items:
+                frame = prefix + payload + b"}"
+                if not self._backlog_append(serial, node_id, sequence, frame, capacity):
                     break
 
     def flush(self) -> None:
@@ -148,23 +151,25 @@ class Outbox:
         if not ready or self._closed:
             return
         if self._drainer is None and self.sink.writable():
-            self._write([frame for _serial, _node, frame, _capacity in ready])
+            self._write([frame for _serial, _node, _sequence, frame, _capacity in ready])
             return
         if not self.sink.is_open():
             return  # closing: nothing more will be written
-        for serial, node_id, frame, capacity in ready:
-            self._backlog_append(serial, node_id, frame, capacity)
+        for serial, node_id, sequence, frame, capacity in ready:
+            self._backlog_append(serial, node_id, sequence, frame, capacity)
         if self._drainer is None and self._backlog:
             self._drainer = asyncio.ensure_future(self._drain())
 
-    def _backlog_append(self, serial: int, node_id: str | None, data: bytes, capacity: int) -> bool:
+    def _backlog_append(
+        self, serial: int, node_id: str | None, sequence: int, data: bytes, capacity: int
+    ) -> bool:
         """Queue one frame behind a paused socket; False once the subscriber is too slow.
 
         `capacity` 0: a frame that is never coalesced and does not count (control, replay).
         """
         if serial in self._dropped:
             return False
-        frame = _Frame(serial, node_id, data)
+        frame = _Frame(serial, node_id, sequence, data)
         if capacity and node_id is not None:
             pending = self._pending.get(serial, 0)
             if pending >= capacity:
@@ -173,7 +178,7 @@ class Outbox:
                     self._dropped.add(serial)  # nothing after a lost frame
                     self._on_slow_consumer(
                         f"subscriber too slow: more than {capacity} events waiting; "
-                        "resubscribe with afterSequence"
+                        f"resubscribe with afterSequence: {self._resume_point(serial, sequence)}"
                     )
                     return False
                 older.popleft().data = None
@@ -191,6 +196,20 @@ class Outbox:
             self._backlog = deque(f for f in self._backlog if f.data is not None)
             self._dead = 0
         return True
+
+    def _resume_point(self, serial: int, lost: int) -> int:
+        """The afterSequence from which a resubscription misses nothing of `serial`.
+
+        Everything of the subscription before its first frame still in the backlog (live
+        or coalesced away) has been handed to the socket, and reaches the client before
+        the close; from that frame on, nothing is sure. Frames are queued in sequence
+        order, so that frame's sequence - 1 (or the lost frame's, if none waits) is the
+        point. Once per slow verdict: a scan of one backlog.
+        """
+        for frame in self._backlog or ():
+            if frame.serial == serial and frame.sequence:
+                return min(frame.sequence, lost) - 1
+        return lost - 1
 
     async def _drain(self) -> None:
         """The one task of a paused connection: write the backlog each time it drains."""

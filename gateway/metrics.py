@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -69,6 +70,27 @@ class GatewayMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+
+    def watch_loadgen(self, timings: Any) -> None:
+        """The load generator's stage timings (actors.loadgen.LoadTimings), read at scrape."""
+        r = self.registry
+        for name, doc, attr in (
+            ("planpulse_loadgen_persist_seconds", "Persisting (StateStore)", "persist_seconds"),
+            ("planpulse_loadgen_publish_seconds", "Publishing (bus, route)", "publish_seconds"),
+            ("planpulse_loadgen_batches", "Load batches committed", "batches"),
+            ("planpulse_loadgen_changes", "Load changes committed and published", "changes"),
+        ):
+            r.register(_CallbackCounter(name, doc, lambda a=attr: getattr(timings, a)))
+        lag = Gauge(
+            "planpulse_loadgen_lag_seconds",
+            "Age of the oldest load change due but not yet persisted",
+            registry=r,
+        )
+        lag.set_function(lambda: float(timings.lag_seconds))
+        peak = Gauge(
+            "planpulse_loadgen_max_lag_seconds", "Largest load-generator lag seen", registry=r
+        )
+        peak.set_function(lambda: float(timings.max_lag_seconds))
 
     def observe_delivery(self, timestamp: str) -> None:
         """A change was handed to its subscribers' outboxes: how long after it happened.

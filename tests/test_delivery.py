@@ -12,6 +12,7 @@ from typing import Any
 
 import pykka
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from actors.messages import StatusChanged
 from actors.project import ProjectActor
@@ -201,6 +202,60 @@ def test_a_reader_that_stops_reading_is_closed_and_others_keep_up(start_server: 
 
     run(scenario())
     wait_until(lambda: subscriber_count(server, pid) == 0)
+
+
+def test_a_closed_slow_reader_resumes_from_the_reason_with_no_gap(start_server: Any) -> None:
+    """The 1013 reason names `afterSequence: N`: what arrived before the close covers every
+    sequence up to N, a resubscription from N everything after (persisted changes, real
+    sockets, a reader that stops reading)."""
+    server = start_server(gateway=GatewayConfig(port=0, mailbox_capacity=8, close_timeout=10))
+    pid, sources = project_with_sources(server, 40)
+    metrics = server.app.gateway.metrics
+    store = server.app.store
+
+    async def scenario() -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        sock.connect(("127.0.0.1", server.port))
+        stalled = await RawClient.open(server.url, max_size=None, sock=sock)
+        await stalled.init()
+        await stalled.subscribe("slow", SUBSCRIPTION, {"projectId": pid})
+        await asyncio.to_thread(wait_until, lambda: subscriber_count(server, pid) == 1)
+        with server.app.db.read() as s:
+            first = queries.last_sequence(s, pid)
+        stalled.ws.transport.pause_reading()
+
+        def write_until_closed() -> None:
+            big = "x" * 50_000  # persisted 50 KB error messages fill the socket's buffers fast
+            i = 0
+            while metrics.slow_consumers_closed._value.get() == 0 and i < 2_000:
+                server.app.bus.publish(store.data_source_failed(sources[i % len(sources)], big))
+                i += 1
+
+        await asyncio.to_thread(write_until_closed)
+        assert metrics.slow_consumers_closed._value.get() == 1
+        with server.app.db.read() as s:
+            last = queries.last_sequence(s, pid)
+        stalled.ws.transport.resume_reading()
+        before: set[int] = set()
+        try:
+            while True:
+                message = await stalled.recv(timeout=20)
+                payload = message["payload"]["data"]["nodeExecutionStatusChanged"]
+                before.add(payload["sequence"])
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None and closed.rcvd.code == 1013, closed
+            reason = closed.rcvd.reason
+        resume = int(reason.rsplit("afterSequence: ", 1)[1])
+        assert set(range(first + 1, resume + 1)) <= before, (first, resume, reason)
+        again = await RawClient.open(server.url, max_size=None)
+        await again.init()
+        await again.subscribe("again", SUBSCRIPTION, {"projectId": pid, "after": resume})
+        replayed = await collect_until(again, "again", last)
+        assert replayed == list(range(resume + 1, last + 1))
+        await again.close()
+
+    run(scenario())
 
 
 def test_a_slow_reader_of_few_nodes_is_coalesced_not_closed(start_server: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from typing import Any
 
 from actors.loadgen import LoadGenerator
@@ -124,4 +125,77 @@ def test_start_reuses_what_prepare_made_and_drives_every_project(sqlite_url: str
             }
     finally:
         generator.stop()
+        db.dispose()
+
+
+def test_load_goes_through_the_state_store_and_says_where_its_time_goes(
+    start_server: Any,
+) -> None:
+    """The generator persists with StateStore.data_source_states (the store's rules: the
+    resolution stored with each row, pruning) and /metrics shows its stage timings."""
+    server = start_server(enable_loadgen=True)
+    calls: list[int] = []
+    store = server.app.store
+    original = store.data_source_states
+    store.data_source_states = lambda changes, now: (  # type: ignore[method-assign]
+        calls.append(len(changes)) or original(changes, now)
+    )
+    loadgen = server.app.services.loadgen
+    loadgen.prepare(3)
+    loadgen.start(3, rate=300, seconds=0.5)
+    wait_until(lambda: loadgen.timings.changes == 150, 20, "150 load changes published")
+    assert sum(calls) == 150
+    with server.app.db.read() as s:
+        assert sum(queries.last_sequence(s, pid) for pid in (1, 2, 3)) == 150
+    with urllib.request.urlopen(f"{server.http}/metrics") as response:
+        text = response.read().decode()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("planpulse_loadgen_")
+    }
+    assert values["planpulse_loadgen_changes_total"] == 150
+    assert values["planpulse_loadgen_batches_total"] >= 1
+    assert values["planpulse_loadgen_persist_seconds_total"] > 0
+    assert values["planpulse_loadgen_publish_seconds_total"] > 0
+    wait_until(lambda: loadgen.timings.lag_seconds == 0, 10, "the driver finished")
+    assert loadgen.timings.max_lag_seconds >= 0
+
+
+def test_state_store_group_commit_resolves_prunes_and_orders(sqlite_url: str) -> None:
+    from sqlalchemy import func, select
+
+    from storage.models import ExecutionEvent, utcnow
+
+    db = Database(sqlite_url)
+    db.create_schema()
+    try:
+        sources = LoadGenerator(StateStore(db), CountingBus()).prepare(2)  # type: ignore[arg-type]
+        store = StateStore(db, retention=5)
+
+        def payload(source_id: int) -> dict[str, Any]:
+            return {
+                "dataSourceId": source_id,
+                "filename": "load.csv",
+                "status": "processing",
+                "processedAt": None,
+                "executionState": "processing",
+                "errorMessage": None,
+            }
+
+        changes = [(1 + i % 2, sources[1 + i % 2], payload(sources[1 + i % 2])) for i in range(20)]
+        messages = store.data_source_states(changes, utcnow())
+        assert [(m.project_id, m.sequence) for m in messages] == [
+            (1 + i % 2, i // 2 + 1) for i in range(20)
+        ]
+        assert messages[0].nodes == (("load_1", "DataSourceNode"),)
+        assert messages[0].nodes is messages[2].nodes  # one resolution per source per batch
+        with db.read() as s:
+            kept = s.scalar(
+                select(func.count())
+                .select_from(ExecutionEvent)
+                .where(ExecutionEvent.project_id == 1)
+            )
+        assert kept == 5  # retention below PRUNE_EVERY: pruned on every event
+    finally:
         db.dispose()

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from bench.client import TimestampParser
-from bench.loadtest import plan_subscriptions
+from bench.loadtest import format_report, plan_subscriptions
 from bench.stats import Histogram, Tally, account, bucket_of, bucket_value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,7 +192,7 @@ def _loadtest(url: str, pid: int, *extra: str) -> dict[str, Any]:
 
 
 def test_a_short_load_loses_nothing_duplicates_nothing_and_keeps_order(
-    load_server: tuple[str, int],
+    load_server: tuple[str, int], request: pytest.FixtureRequest
 ) -> None:
     url, pid = load_server
     report = _loadtest(url, pid)
@@ -212,3 +212,12 @@ def test_a_short_load_loses_nothing_duplicates_nothing_and_keeps_order(
     assert step["deliveries"] == step["expected_deliveries"] == 3200
     assert sum(point["deliveries"] for point in step["timeline"]) == 3200
     assert report["server"]["rss_mb"]["ready"] > 0
+    if request.node.callspec.params["load_server"] == "baseline":
+        assert step["stages"] == {}  # no stage metrics: nothing invented
+        return
+    # the server's own stage split of the step: every change persisted and published
+    stages = step["stages"]
+    assert stages["changes"] == 400
+    assert stages["persist_us_per_change"] > 0 and stages["publish_us_per_change"] > 0
+    assert stages["handover_ms_mean"] >= 0
+    assert "persist" in format_report(report) and "µs/change" in format_report(report)

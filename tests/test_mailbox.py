@@ -249,6 +249,23 @@ def test_coalescing_is_per_subscription() -> None:
     run(scenario)
 
 
+def test_the_resume_point_is_before_the_first_frame_the_socket_did_not_take() -> None:
+    async def scenario(h: Harness) -> None:
+        mailbox = h.mailbox("sub", capacity=2)
+        mailbox.deliver(items(("a", 1), ("b", 2)))  # written: the socket accepts
+        assert len(await h.taken()) == 2
+        h.sink.paused = True
+        mailbox.deliver(items(("a", 3), ("b", 4)))
+        mailbox.deliver(items(("a", 5)))  # coalesces a3 away: 3 is not sure to arrive
+        mailbox.deliver(items(("c", 6)))  # nothing of c waits: too slow
+        await h.settle()
+        assert h.coalesced == [1]
+        (reason,) = h.slow
+        assert reason.endswith("afterSequence: 2"), reason
+
+    run(scenario)
+
+
 def test_slow_consumer_is_told_and_nothing_more_is_queued() -> None:
     async def scenario(h: Harness) -> None:
         mailbox = h.mailbox("sub", capacity=2)
@@ -261,7 +278,8 @@ def test_slow_consumer_is_told_and_nothing_more_is_queued() -> None:
         reason = h.slow[0]
         assert "too slow" in reason
         assert "more than 2 events waiting" in reason
-        assert "afterSequence" in reason
+        # a1 and b2 still wait behind the paused socket: resuming after 0 misses nothing
+        assert reason.endswith("resubscribe with afterSequence: 0"), reason
         assert h.outbox.waiting == 2
         h.sink.resume()
         frames = await h.taken()

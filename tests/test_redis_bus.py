@@ -380,7 +380,8 @@ def test_the_listener_survives_an_error_in_the_hub(redis_up: None) -> None:
             publisher.publish(status(8, sequence))
         wait_until(lambda: len(received) == 3, what="project 8's three messages")
         assert received == [status(8, 1), status(8, 2), status(8, 3)]
-        wait_until(lambda: resyncs.count(7) >= 3, what="a catch-up of 7 per failed message")
+        # queued per failed message, deduplicated while waiting: at least one catch-up
+        wait_until(lambda: 7 in resyncs, what="a catch-up of 7 after its failed messages")
         assert listener.handler_errors == 3
         assert listener.healthy()
         assert listener.reconnects == 0
@@ -487,3 +488,20 @@ def test_a_plan_run_and_its_projects_data_source_requests_never_overlap(pg_url: 
                 slot.drop_connection()
     finally:
         db.dispose()
+
+
+def test_waiting_catch_ups_are_deduplicated_and_all_covers_them() -> None:
+    from actors.redis_bus import _STOP, ResyncQueue
+
+    waiting = ResyncQueue()
+    for project_id in (3, 4, 3, 3, 4):
+        waiting.put(project_id)
+    assert len(waiting) == 2
+    assert [waiting.get(), waiting.get()] == [3, 4]
+    waiting.put(5)
+    waiting.put(None)  # everything: covers 5
+    waiting.put(6)  # queued while "all" waits: covered by it too
+    assert len(waiting) == 1 and waiting.get() is None
+    waiting.put(7)
+    waiting.put(_STOP)
+    assert waiting.get() is _STOP
