@@ -29,10 +29,12 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
+from gateway import graphql_http as gh
 from gateway import pages
 from gateway import protocol as p
 from gateway.auth import Authenticator, auth_required, origin_allowed
 from gateway.frames import text_frame_header
+from gateway.http import HttpReply, HttpRequest, front_door
 from gateway.mailbox import SLOW_CONSUMER_CODE, Dispatcher, Outbox, SubscriptionMailbox
 from gateway.metrics import GatewayMetrics
 from gateway.operations import (
@@ -47,6 +49,7 @@ from gateway.schema import RequestContext, Services
 log = logging.getLogger(__name__)
 
 WEBSOCKET_PATHS = ("/graphql", "/graphql/ws")
+GRAPHQL_HTTP_PATHS = ("/graphql",)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class GatewayConfig:
     # None: on unless listening on loopback only.
     auth: bool | None = None
     worker_threads: int = 8
+    open_timeout: float = 10.0
 
 
 class Gateway:
@@ -114,6 +118,12 @@ class Gateway:
             close_timeout=self.config.close_timeout,
             compression=None,
             write_limit=256 * 1024,
+            # Plain HTTP (POST /graphql, pages, metrics) is routed off by the front door
+            # before websockets reads it; it applies the WebSocket open timeout itself.
+            create_connection=front_door(
+                self._http_request, self.config.max_message_bytes, self.config.open_timeout
+            ),
+            open_timeout=None,
         )
         return self.server
 
@@ -144,12 +154,8 @@ class Gateway:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
+        """The WebSocket handshake's checks (plain HTTP never reaches here: gateway/http.py)."""
         path = request.path.split("?", 1)[0]
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            if path == "/healthz":  # it pings the database: not on the event loop
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self.pool, self.healthz)
-            return self._http(connection, path)
         if path not in WEBSOCKET_PATHS:
             return _response(
                 HTTPStatus.NOT_FOUND,
@@ -169,19 +175,128 @@ class Gateway:
             )
         return None
 
-    def _http(self, connection: ServerConnection, path: str) -> Response:
-        if path == "/healthz":
-            return self.healthz()
+    async def _http_request(self, request: HttpRequest) -> HttpReply:
+        """Every plain-HTTP request (gateway/http.py parses them with h11)."""
+        path = request.path
+        if path in GRAPHQL_HTTP_PATHS:
+            return await self._graphql_http(request)
+        if request.method not in ("GET", "HEAD"):
+            return HttpReply(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                f"{request.method} {path} is not served: only GET (POST at /graphql)\n".encode(),
+                [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")],
+            )
+        if path == "/healthz":  # it pings the database: not on the event loop
+            loop = asyncio.get_running_loop()
+            return _reply(await loop.run_in_executor(self.pool, self.healthz))
         if path == "/metrics":
-            return _response(
+            return HttpReply(
                 HTTPStatus.OK,
                 self.metrics.render(),
-                "text/plain; version=0.0.4; charset=utf-8",
+                [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
             )
         if path == "/" or path.startswith("/static/"):
-            request = connection.request
-            return pages.respond(path, request.headers if request is not None else None)
-        return _response(HTTPStatus.NOT_FOUND, f"nothing at {path}\n")
+            return _reply(pages.respond(path, request.headers))
+        return HttpReply(
+            HTTPStatus.NOT_FOUND, f"nothing at {path}\n".encode(), [("Content-Type", "text/plain")]
+        )
+
+    def _cors(self, request: HttpRequest) -> list[tuple[str, str]] | None:
+        """CORS headers for an allowed Origin ([] without one), None for a refused Origin."""
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return []
+        if not origin_allowed(origin, request.headers.get("Host"), self.config.allowed_origins):
+            return None
+        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+
+    async def _graphql_http(self, request: HttpRequest) -> HttpReply:
+        """GraphQL over HTTP (gateway/graphql_http.py): same auth, limits, origins as WS."""
+        cors = self._cors(request)
+        if cors is None:
+            origin = request.headers.get("Origin")
+            return HttpReply(
+                HTTPStatus.FORBIDDEN,
+                f"Origin {origin} is not allowed: start the server with "
+                f"--allowed-origin {origin} to accept it\n".encode(),
+                [("Content-Type", "text/plain")],
+            )
+        if request.method == "OPTIONS":
+            return HttpReply(
+                HTTPStatus.NO_CONTENT,
+                b"",
+                cors
+                + [
+                    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+                    ("Access-Control-Allow-Headers", "Authorization, Content-Type, Accept"),
+                    ("Access-Control-Max-Age", "600"),
+                ],
+            )
+        answer = await self._graphql_answer(request)
+        headers = cors + [("Content-Type", f"{answer.content_type}; charset=utf-8")]
+        headers.extend(answer.extra_headers)
+        return HttpReply(answer.status, answer.body, headers)
+
+    async def _graphql_answer(self, request: HttpRequest) -> gh.HttpAnswer:
+        media = gh.answer_type(request.headers.get("Accept"))
+        if media is None:
+            return gh.HttpAnswer(
+                HTTPStatus.NOT_ACCEPTABLE,
+                orjson.dumps(
+                    {
+                        "errors": [
+                            {
+                                "message": "Accept names no type this endpoint answers: use "
+                                "application/graphql-response+json or application/json"
+                            }
+                        ]
+                    }
+                ),
+            )
+        if request.method == "GET":
+            params = gh.params_from_get(request.query, media)
+        elif request.method == "POST":
+            params = gh.params_from_post(request.headers.get("Content-Type"), request.body, media)
+        else:
+            return gh.HttpAnswer(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                orjson.dumps(
+                    {"errors": [{"message": f"{request.method} /graphql: use GET or POST"}]}
+                ),
+                media,
+                (("Allow", "GET, POST, OPTIONS"),),
+            )
+        if isinstance(params, gh.HttpAnswer):
+            return params
+        loop = asyncio.get_running_loop()
+        grant = await loop.run_in_executor(
+            self.pool, self.authenticate, {"authorization": request.headers.get("Authorization")}
+        )
+        if grant is None:
+            return gh.HttpAnswer(
+                HTTPStatus.UNAUTHORIZED,
+                orjson.dumps(
+                    {
+                        "errors": [
+                            {
+                                "message": "this server needs a token: send "
+                                "Authorization: Bearer <token> (see run.py token)",
+                                "extensions": {"code": "UNAUTHORIZED"},
+                            }
+                        ]
+                    }
+                ),
+                media,
+                (("WWW-Authenticate", "Bearer"),),
+            )
+        prepared = gh.prepare(self.documents, params, request.method, media)
+        if isinstance(prepared, gh.HttpAnswer):
+            return prepared
+        document, _operation = prepared
+        context = RequestContext(self.services, scope=grant.projects, admin=grant.admin)
+        return await loop.run_in_executor(
+            self.pool, gh.run, self.schema, document, params, context, media
+        )
 
     def healthz(self) -> Response:
         database = self.services.db.ping()
@@ -223,6 +338,11 @@ def _select_subprotocol(
     """Accept the handshake even without our subprotocol, so that the client is told why
     with the protocol's own close code (4406) instead of a bare HTTP 400."""
     return Subprotocol(p.SUBPROTOCOL) if p.SUBPROTOCOL in offered else None
+
+
+def _reply(response: Response) -> HttpReply:
+    """A websockets `Response` (the pages and /healthz build those) as an h11 reply."""
+    return HttpReply(response.status_code, response.body, list(response.headers.raw_items()))
 
 
 def _response(status: HTTPStatus, body: bytes | str, content_type: str = "text/plain") -> Response:
