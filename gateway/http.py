@@ -48,13 +48,28 @@ class HttpReply:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-Handler = Callable[[HttpRequest], Awaitable[HttpReply]]
+class HttpStream:
+    """A streamed answer (Server-Sent Events): headers now, then `run` writes the body in
+    chunks through the connection until it ends or the client goes (then it is cancelled)."""
+
+    def __init__(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status = status
+        self.headers = headers
+
+    async def run(self, out: HttpConnection) -> None:
+        raise NotImplementedError
+
+
+Handler = Callable[[HttpRequest], Awaitable[HttpReply | HttpStream]]
 
 
 class HttpConnection:
     """One plain-HTTP connection: h11 parses, `handler` answers, one request at a time."""
 
-    def __init__(self, transport: asyncio.Transport, handler: Handler, max_body: int) -> None:
+    def __init__(
+        self, owner: FrontDoor, transport: asyncio.Transport, handler: Handler, max_body: int
+    ) -> None:
+        self.owner = owner  # its pause_writing/resume_writing say when the socket is full
         self.transport = transport
         self.handler = handler
         self.max_body = max_body
@@ -120,7 +135,11 @@ class HttpConnection:
         except Exception:  # noqa: BLE001 - a handler's bug is one 500, not a dead connection
             log.exception("HTTP %s %s failed", request.method, target)
             reply = HttpReply(500, b"internal error: see the server log\n")
-        self._send(reply, head_only=request.method == b"HEAD")
+        if isinstance(reply, HttpStream):
+            if not await self._stream(reply):
+                return
+        else:
+            self._send(reply, head_only=request.method == b"HEAD")
         if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
             self.transport.close()
             self.lost()
@@ -133,6 +152,44 @@ class HttpConnection:
             return
         self.task = None
         self._pump()
+
+    async def _stream(self, stream: HttpStream) -> bool:
+        """Send a streamed answer; False when the connection is gone."""
+        headers = [(k, v) for k, v in stream.headers if k.lower() != "content-length"]
+        headers.append(("Transfer-Encoding", "chunked"))
+        self.transport.write(
+            self.h11.send(h11.Response(status_code=stream.status, headers=headers))
+        )
+        try:
+            await stream.run(self)
+        except asyncio.CancelledError:
+            return False
+        except Exception:  # noqa: BLE001 - end this stream, keep the server
+            log.exception("HTTP stream failed")
+            self.transport.close()
+            self.lost()
+            return False
+        if self.done.done() or self.transport.is_closing():
+            return False
+        self.transport.write(self.h11.send(h11.EndOfMessage()))
+        return True
+
+    # --- for streams ----------------------------------------------------------------------
+
+    def is_open(self) -> bool:
+        return not self.done.done() and not self.transport.is_closing()
+
+    def writable(self) -> bool:
+        return self.is_open() and not self.owner.paused
+
+    def write_chunk(self, data: bytes) -> None:
+        """One chunk of the streamed body (one socket write)."""
+        if data and self.is_open():
+            self.transport.write(self.h11.send(h11.Data(data=data)))
+
+    async def drained(self) -> None:
+        if self.is_open():
+            await self.owner.drain()
 
     def _send(self, reply: HttpReply, head_only: bool = False) -> None:
         headers = [(k, v) for k, v in reply.headers if k.lower() != "content-length"]
@@ -192,7 +249,7 @@ class FrontDoor(ServerConnection):
             self._routed.set_result(True)
             super().data_received(head)
             return
-        self._http = HttpConnection(self.transport, self.http_handler, self.max_body)
+        self._http = HttpConnection(self, self.transport, self.http_handler, self.max_body)
         self._routed.set_result(False)
         self._http.feed(head)
 

@@ -30,11 +30,11 @@ from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from gateway import graphql_http as gh
-from gateway import pages
+from gateway import pages, sse
 from gateway import protocol as p
 from gateway.auth import Authenticator, auth_required, origin_allowed
 from gateway.frames import text_frame_header
-from gateway.http import HttpReply, HttpRequest, front_door
+from gateway.http import HttpReply, HttpRequest, HttpStream, front_door
 from gateway.mailbox import SLOW_CONSUMER_CODE, Dispatcher, Outbox, SubscriptionMailbox
 from gateway.metrics import GatewayMetrics
 from gateway.operations import (
@@ -49,7 +49,8 @@ from gateway.schema import RequestContext, Services
 log = logging.getLogger(__name__)
 
 WEBSOCKET_PATHS = ("/graphql", "/graphql/ws")
-GRAPHQL_HTTP_PATHS = ("/graphql",)
+STREAM_PATH = "/graphql/stream"
+GRAPHQL_HTTP_PATHS = ("/graphql", STREAM_PATH)
 
 
 @dataclass
@@ -210,7 +211,7 @@ class Gateway:
             return None
         return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
 
-    async def _graphql_http(self, request: HttpRequest) -> HttpReply:
+    async def _graphql_http(self, request: HttpRequest) -> HttpReply | HttpStream:
         """GraphQL over HTTP (gateway/graphql_http.py): same auth, limits, origins as WS."""
         cors = self._cors(request)
         if cors is None:
@@ -232,10 +233,79 @@ class Gateway:
                     ("Access-Control-Max-Age", "600"),
                 ],
             )
+        if request.path == STREAM_PATH or sse.wants_event_stream(request.headers.get("Accept")):
+            return await self._graphql_sse(request, cors)
         answer = await self._graphql_answer(request)
         headers = cors + [("Content-Type", f"{answer.content_type}; charset=utf-8")]
         headers.extend(answer.extra_headers)
         return HttpReply(answer.status, answer.body, headers)
+
+    async def _graphql_sse(
+        self, request: HttpRequest, cors: list[tuple[str, str]]
+    ) -> HttpReply | HttpStream:
+        """graphql-sse, distinct connections: one operation, answered as an event stream."""
+
+        def refuse(answer: gh.HttpAnswer) -> HttpReply:
+            headers = cors + [("Content-Type", f"{answer.content_type}; charset=utf-8")]
+            return HttpReply(answer.status, answer.body, headers + list(answer.extra_headers))
+
+        if request.method == "GET":
+            params = gh.params_from_get(request.query, gh.JSON)
+        elif request.method == "POST":
+            params = gh.params_from_post(request.headers.get("Content-Type"), request.body, gh.JSON)
+        else:
+            return HttpReply(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                f"{request.method} {request.path}: GET or POST\n".encode(),
+                cors + [("Allow", "GET, POST, OPTIONS"), ("Content-Type", "text/plain")],
+            )
+        if isinstance(params, gh.HttpAnswer):
+            return refuse(params)
+        loop = asyncio.get_running_loop()
+        grant = await loop.run_in_executor(
+            self.pool, self.authenticate, {"authorization": request.headers.get("Authorization")}
+        )
+        if grant is None:
+            return refuse(_unauthorized(gh.JSON))
+        headers = cors + [
+            ("Content-Type", "text/event-stream; charset=utf-8"),
+            ("Cache-Control", "no-cache"),
+            ("X-Accel-Buffering", "no"),
+        ]
+        prepared = self.documents.get(params.query)
+        if prepared.document is None:
+            return refuse(gh.HttpAnswer(400, orjson.dumps({"errors": list(prepared.errors)})))
+        try:
+            operation = operation_of(prepared.document, params.operation_name)
+        except GraphQLError as error:
+            return refuse(gh.HttpAnswer(400, orjson.dumps({"errors": [error_dict(error)]})))
+        context = RequestContext(self.services, scope=grant.projects, admin=grant.admin)
+        if operation.operation != OperationType.SUBSCRIPTION:
+            if request.method == "GET" and operation.operation != OperationType.QUERY:
+                return refuse(
+                    gh.HttpAnswer(
+                        405,
+                        orjson.dumps({"errors": [{"message": "a mutation over GET: use POST"}]}),
+                        gh.JSON,
+                        (("Allow", "POST"),),
+                    )
+                )
+            answer = await loop.run_in_executor(
+                self.pool, gh.run, self.schema, prepared.document, params, context, gh.JSON
+            )
+            return sse.SseResult(headers, answer.body)
+        try:
+            subscription = subscription_request(self.schema, operation, params.variables)
+            context.check_project(subscription.project_id)
+        except GraphQLError as error:
+            return refuse(gh.HttpAnswer(400, orjson.dumps({"errors": [error_dict(error)]})))
+        after = subscription.after_sequence
+        if after is None:
+            after = sse.last_event_sequence(request.headers.get("Last-Event-ID"))
+        selection = self.selections.get(
+            self.schema, params.query, prepared.document, params.variables, params.operation_name
+        )
+        return sse.SseSubscription(self, headers, subscription, selection, after)
 
     async def _graphql_answer(self, request: HttpRequest) -> gh.HttpAnswer:
         media = gh.answer_type(request.headers.get("Accept"))
@@ -273,22 +343,7 @@ class Gateway:
             self.pool, self.authenticate, {"authorization": request.headers.get("Authorization")}
         )
         if grant is None:
-            return gh.HttpAnswer(
-                HTTPStatus.UNAUTHORIZED,
-                orjson.dumps(
-                    {
-                        "errors": [
-                            {
-                                "message": "this server needs a token: send "
-                                "Authorization: Bearer <token> (see run.py token)",
-                                "extensions": {"code": "UNAUTHORIZED"},
-                            }
-                        ]
-                    }
-                ),
-                media,
-                (("WWW-Authenticate", "Bearer"),),
-            )
+            return _unauthorized(media)
         prepared = gh.prepare(self.documents, params, request.method, media)
         if isinstance(prepared, gh.HttpAnswer):
             return prepared
@@ -338,6 +393,16 @@ def _select_subprotocol(
     """Accept the handshake even without our subprotocol, so that the client is told why
     with the protocol's own close code (4406) instead of a bare HTTP 400."""
     return Subprotocol(p.SUBPROTOCOL) if p.SUBPROTOCOL in offered else None
+
+
+def _unauthorized(media: str) -> gh.HttpAnswer:
+    message = "this server needs a token: send Authorization: Bearer <token> (run.py token)"
+    return gh.HttpAnswer(
+        HTTPStatus.UNAUTHORIZED,
+        orjson.dumps({"errors": [{"message": message, "extensions": {"code": "UNAUTHORIZED"}}]}),
+        media,
+        (("WWW-Authenticate", "Bearer"),),
+    )
 
 
 def _reply(response: Response) -> HttpReply:
