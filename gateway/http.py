@@ -83,6 +83,11 @@ class HttpConnection:
         self.h11.receive_data(data)
         self._pump()
 
+    def close(self) -> None:
+        """The server is stopping: end a stream or an idle keep-alive connection now."""
+        self.transport.close()
+        self.lost()
+
     def lost(self) -> None:
         if self.task is not None:
             self.task.cancel()
@@ -224,6 +229,7 @@ class FrontDoor(ServerConnection):
     http_handler: Handler
     max_body: int
     open_timeout: float
+    open_http: set[HttpConnection]  # per server (see front_door): closed at shutdown
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -250,6 +256,8 @@ class FrontDoor(ServerConnection):
             super().data_received(head)
             return
         self._http = HttpConnection(self, self.transport, self.http_handler, self.max_body)
+        self.open_http.add(self._http)
+        self._http.done.add_done_callback(lambda _: self.open_http.discard(self._http))
         self._routed.set_result(False)
         self._http.feed(head)
 
@@ -277,5 +285,10 @@ def front_door(handler: Handler, max_body: int, open_timeout: float = 10.0) -> t
     return type(
         "GatewayFrontDoor",
         (FrontDoor,),
-        {"http_handler": staticmethod(handler), "max_body": max_body, "open_timeout": open_timeout},
+        {
+            "http_handler": staticmethod(handler),
+            "max_body": max_body,
+            "open_timeout": open_timeout,
+            "open_http": set(),
+        },
     )

@@ -106,6 +106,9 @@ class Gateway:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> Server:
+        self._front_door = front_door(
+            self._http_request, self.config.max_message_bytes, self.config.open_timeout
+        )
         self.server = await serve(
             self._handle,
             self.config.host,
@@ -121,9 +124,7 @@ class Gateway:
             write_limit=256 * 1024,
             # Plain HTTP (POST /graphql, pages, metrics) is routed off by the front door
             # before websockets reads it; it applies the WebSocket open timeout itself.
-            create_connection=front_door(
-                self._http_request, self.config.max_message_bytes, self.config.open_timeout
-            ),
+            create_connection=self._front_door,
             open_timeout=None,
         )
         return self.server
@@ -147,6 +148,8 @@ class Gateway:
             await asyncio.sleep(0.02)
         for connection in list(self.connections):
             await connection.ws.close(1001, "server shutting down")
+        for http_connection in list(self._front_door.open_http):
+            http_connection.close()
         await self.server.wait_closed()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
