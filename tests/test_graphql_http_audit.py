@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import IN_CI
 
 JS_DIR = Path(__file__).parent / "js_http"
+PACKAGES = ("graphql-http", "graphql-sse", "graphql-ws", "@apollo/client", "ws", "rxjs")
 SHOULDS_PASSING = 23  # measured with graphql-http 1.23.1: all 23 of them
 
 
@@ -35,7 +36,8 @@ def node_http() -> str:
     if node_bin is None or npm_bin is None:
         _unavailable("node or npm not found on PATH: install Node.js >= 20")
     assert node_bin is not None and npm_bin is not None
-    if not (JS_DIR / "node_modules" / "graphql-http" / "package.json").exists():
+    modules = JS_DIR / "node_modules"
+    if not all((modules / name / "package.json").exists() for name in PACKAGES):
         done = subprocess.run(
             [npm_bin, "ci", "--no-audit", "--no-fund"],
             cwd=JS_DIR,
