@@ -11,7 +11,6 @@ the answer follows Accept: `application/graphql-response+json` (the spec's statu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -159,10 +158,3 @@ def run(
         # Variable coercion failed (the request never executed): the spec's 400.
         status = 400
     return HttpAnswer(status, orjson.dumps(result.formatted), media)
-
-
-def status_phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""

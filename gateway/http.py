@@ -20,6 +20,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -163,7 +164,11 @@ class HttpConnection:
         headers = [(k, v) for k, v in stream.headers if k.lower() != "content-length"]
         headers.append(("Transfer-Encoding", "chunked"))
         self.transport.write(
-            self.h11.send(h11.Response(status_code=stream.status, headers=headers))
+            self.h11.send(
+                h11.Response(
+                    status_code=stream.status, headers=headers, reason=_phrase(stream.status)
+                )
+            )
         )
         try:
             await stream.run(self)
@@ -199,7 +204,13 @@ class HttpConnection:
     def _send(self, reply: HttpReply, head_only: bool = False) -> None:
         headers = [(k, v) for k, v in reply.headers if k.lower() != "content-length"]
         headers.append(("Content-Length", str(len(reply.body))))
-        chunks = [self.h11.send(h11.Response(status_code=reply.status, headers=headers))]
+        chunks = [
+            self.h11.send(
+                h11.Response(
+                    status_code=reply.status, headers=headers, reason=_phrase(reply.status)
+                )
+            )
+        ]
         if reply.body and not head_only:
             chunks.append(self.h11.send(h11.Data(data=reply.body)))
         chunks.append(self.h11.send(h11.EndOfMessage()))
@@ -213,6 +224,13 @@ class HttpConnection:
                 pass
         self.transport.close()
         self.lost()
+
+
+def _phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 def _header(headers: Any, name: bytes) -> str | None:

@@ -49,6 +49,9 @@ from gateway.schema import RequestContext, Services
 log = logging.getLogger(__name__)
 
 WEBSOCKET_PATHS = ("/graphql", "/graphql/ws")
+# The WebSocket subprotocols served, in the server's order of preference: the one place
+# that chooses (`_select_subprotocol`, `Gateway._handle`); another protocol core plugs in here.
+SUBPROTOCOLS: tuple[str, ...] = (p.SUBPROTOCOL,)
 STREAM_PATH = "/graphql/stream"
 GRAPHQL_HTTP_PATHS = ("/graphql", STREAM_PATH)
 
@@ -113,7 +116,7 @@ class Gateway:
             self._handle,
             self.config.host,
             self.config.port,
-            subprotocols=[p.SUBPROTOCOL],
+            subprotocols=[Subprotocol(name) for name in SUBPROTOCOLS],
             select_subprotocol=_select_subprotocol,
             process_request=self._process_request,
             max_size=self.config.max_message_bytes,
@@ -374,7 +377,7 @@ class Gateway:
     # --- WebSocket ----------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        if ws.subprotocol != p.SUBPROTOCOL:
+        if ws.subprotocol not in SUBPROTOCOLS:
             await ws.close(p.CloseCode.SUBPROTOCOL_NOT_ACCEPTABLE, "Subprotocol not acceptable")
             return
         # The handshake's headers are not read again: drop them (a few KiB per socket).
@@ -397,7 +400,10 @@ def _select_subprotocol(
 ) -> Subprotocol | None:
     """Accept the handshake even without our subprotocol, so that the client is told why
     with the protocol's own close code (4406) instead of a bare HTTP 400."""
-    return Subprotocol(p.SUBPROTOCOL) if p.SUBPROTOCOL in offered else None
+    for name in SUBPROTOCOLS:
+        if name in offered:
+            return Subprotocol(name)
+    return None
 
 
 GRAPHIQL_PATH = "/graphiql"
