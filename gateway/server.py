@@ -29,11 +29,13 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
-from gateway import pages, subprotocols
+from gateway import graphql_http as gh
+from gateway import pages, sse, subprotocols
 from gateway import protocol as p
 from gateway.auth import Authenticator, auth_required, origin_allowed
 from gateway.errors import internal_error, public_errors
 from gateway.frames import text_frame_header
+from gateway.http import HttpReply, HttpRequest, HttpStream, front_door
 from gateway.mailbox import SLOW_CONSUMER_CODE, Dispatcher, Outbox, SubscriptionMailbox
 from gateway.metrics import GatewayMetrics
 from gateway.operations import (
@@ -49,6 +51,8 @@ from gateway.schema import RequestContext, Services
 log = logging.getLogger(__name__)
 
 WEBSOCKET_PATHS = ("/graphql", "/graphql/ws")
+STREAM_PATH = "/graphql/stream"
+GRAPHQL_HTTP_PATHS = ("/graphql", STREAM_PATH)
 
 
 @dataclass
@@ -72,6 +76,7 @@ class GatewayConfig:
     # None: on unless listening on loopback only.
     auth: bool | None = None
     worker_threads: int = 8
+    open_timeout: float = 10.0
 
 
 class Gateway:
@@ -106,6 +111,9 @@ class Gateway:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> Server:
+        self._front_door = front_door(
+            self._http_request, self.config.max_message_bytes, self.config.open_timeout
+        )
         self.server = await serve(
             self._handle,
             self.config.host,
@@ -119,6 +127,10 @@ class Gateway:
             close_timeout=self.config.close_timeout,
             compression=None,
             write_limit=256 * 1024,
+            # Plain HTTP (POST /graphql, pages, metrics) is routed off by the front door
+            # before websockets reads it; it applies the WebSocket open timeout itself.
+            create_connection=self._front_door,
+            open_timeout=None,
         )
         return self.server
 
@@ -141,6 +153,8 @@ class Gateway:
             await asyncio.sleep(0.02)
         for connection in list(self.connections):
             await connection.ws.close(1001, "server shutting down")
+        for http_connection in list(self._front_door.open_http):
+            http_connection.close()
         await self.server.wait_closed()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -149,12 +163,8 @@ class Gateway:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
+        """The WebSocket handshake's checks (plain HTTP never reaches here: gateway/http.py)."""
         path = request.path.split("?", 1)[0]
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            if path == "/healthz":  # it pings the database: not on the event loop
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self.pool, self.healthz)
-            return self._http(connection, path)
         if path not in WEBSOCKET_PATHS:
             return _response(
                 HTTPStatus.NOT_FOUND,
@@ -174,19 +184,184 @@ class Gateway:
             )
         return None
 
-    def _http(self, connection: ServerConnection, path: str) -> Response:
-        if path == "/healthz":
-            return self.healthz()
+    async def _http_request(self, request: HttpRequest) -> HttpReply:
+        """Every plain-HTTP request (gateway/http.py parses them with h11)."""
+        path = request.path
+        if path in GRAPHQL_HTTP_PATHS:
+            return await self._graphql_http(request)
+        if request.method not in ("GET", "HEAD"):
+            return HttpReply(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                f"{request.method} {path} is not served: only GET (POST at /graphql)\n".encode(),
+                [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")],
+            )
+        if path == "/healthz":  # it pings the database: not on the event loop
+            loop = asyncio.get_running_loop()
+            return _reply(await loop.run_in_executor(self.pool, self.healthz))
         if path == "/metrics":
-            return _response(
+            return HttpReply(
                 HTTPStatus.OK,
                 self.metrics.render(),
-                "text/plain; version=0.0.4; charset=utf-8",
+                [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
             )
         if path == "/" or path.startswith("/static/"):
-            request = connection.request
-            return pages.respond(path, request.headers if request is not None else None)
-        return _response(HTTPStatus.NOT_FOUND, f"nothing at {path}\n")
+            return _reply(pages.respond(path, request.headers))
+        if path == GRAPHIQL_PATH:
+            return _graphiql(pages.respond("/static/graphiql.html", request.headers))
+        return HttpReply(
+            HTTPStatus.NOT_FOUND, f"nothing at {path}\n".encode(), [("Content-Type", "text/plain")]
+        )
+
+    def _cors(self, request: HttpRequest) -> list[tuple[str, str]] | None:
+        """CORS headers for an allowed Origin ([] without one), None for a refused Origin."""
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return []
+        if not origin_allowed(origin, request.headers.get("Host"), self.config.allowed_origins):
+            return None
+        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+
+    async def _graphql_http(self, request: HttpRequest) -> HttpReply | HttpStream:
+        """GraphQL over HTTP (gateway/graphql_http.py): same auth, limits, origins as WS."""
+        cors = self._cors(request)
+        if cors is None:
+            origin = request.headers.get("Origin")
+            return HttpReply(
+                HTTPStatus.FORBIDDEN,
+                f"Origin {origin} is not allowed: start the server with "
+                f"--allowed-origin {origin} to accept it\n".encode(),
+                [("Content-Type", "text/plain")],
+            )
+        if request.method == "OPTIONS":
+            return HttpReply(
+                HTTPStatus.NO_CONTENT,
+                b"",
+                cors
+                + [
+                    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+                    ("Access-Control-Allow-Headers", "Authorization, Content-Type, Accept"),
+                    ("Access-Control-Max-Age", "600"),
+                ],
+            )
+        if request.path == STREAM_PATH or sse.wants_event_stream(request.headers.get("Accept")):
+            return await self._graphql_sse(request, cors)
+        answer = await self._graphql_answer(request)
+        headers = cors + [("Content-Type", f"{answer.content_type}; charset=utf-8")]
+        headers.extend(answer.extra_headers)
+        return HttpReply(answer.status, answer.body, headers)
+
+    async def _graphql_sse(
+        self, request: HttpRequest, cors: list[tuple[str, str]]
+    ) -> HttpReply | HttpStream:
+        """graphql-sse, distinct connections: one operation, answered as an event stream."""
+
+        def refuse(answer: gh.HttpAnswer) -> HttpReply:
+            headers = cors + [("Content-Type", f"{answer.content_type}; charset=utf-8")]
+            return HttpReply(answer.status, answer.body, headers + list(answer.extra_headers))
+
+        if request.method == "GET":
+            params = gh.params_from_get(request.query, gh.JSON)
+        elif request.method == "POST":
+            params = gh.params_from_post(request.headers.get("Content-Type"), request.body, gh.JSON)
+        else:
+            return HttpReply(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                f"{request.method} {request.path}: GET or POST\n".encode(),
+                cors + [("Allow", "GET, POST, OPTIONS"), ("Content-Type", "text/plain")],
+            )
+        if isinstance(params, gh.HttpAnswer):
+            return refuse(params)
+        loop = asyncio.get_running_loop()
+        grant = await loop.run_in_executor(
+            self.pool, self.authenticate, {"authorization": request.headers.get("Authorization")}
+        )
+        if grant is None:
+            return refuse(_unauthorized(gh.JSON))
+        headers = cors + [
+            ("Content-Type", "text/event-stream; charset=utf-8"),
+            ("Cache-Control", "no-cache"),
+            ("X-Accel-Buffering", "no"),
+        ]
+        prepared = self.documents.get(params.query)
+        if prepared.document is None:
+            return refuse(gh.HttpAnswer(400, orjson.dumps({"errors": list(prepared.errors)})))
+        try:
+            operation = operation_of(prepared.document, params.operation_name)
+        except GraphQLError as error:
+            return refuse(gh.HttpAnswer(400, orjson.dumps({"errors": [error_dict(error)]})))
+        context = RequestContext(self.services, scope=grant.projects, admin=grant.admin)
+        if operation.operation != OperationType.SUBSCRIPTION:
+            if request.method == "GET" and operation.operation != OperationType.QUERY:
+                return refuse(
+                    gh.HttpAnswer(
+                        405,
+                        orjson.dumps({"errors": [{"message": "a mutation over GET: use POST"}]}),
+                        gh.JSON,
+                        (("Allow", "POST"),),
+                    )
+                )
+            answer = await loop.run_in_executor(
+                self.pool, gh.run, self.schema, prepared.document, params, context, gh.JSON
+            )
+            return sse.SseResult(headers, answer.body)
+        try:
+            subscription = subscription_request(self.schema, operation, params.variables)
+            context.check_project(subscription.project_id)
+        except GraphQLError as error:
+            return refuse(gh.HttpAnswer(400, orjson.dumps({"errors": [error_dict(error)]})))
+        after = subscription.after_sequence
+        if after is None:
+            after = sse.last_event_sequence(request.headers.get("Last-Event-ID"))
+        selection = self.selections.get(
+            self.schema, params.query, prepared.document, params.variables, params.operation_name
+        )
+        return sse.SseSubscription(self, headers, subscription, selection, after)
+
+    async def _graphql_answer(self, request: HttpRequest) -> gh.HttpAnswer:
+        media = gh.answer_type(request.headers.get("Accept"))
+        if media is None:
+            return gh.HttpAnswer(
+                HTTPStatus.NOT_ACCEPTABLE,
+                orjson.dumps(
+                    {
+                        "errors": [
+                            {
+                                "message": "Accept names no type this endpoint answers: use "
+                                "application/graphql-response+json or application/json"
+                            }
+                        ]
+                    }
+                ),
+            )
+        if request.method == "GET":
+            params = gh.params_from_get(request.query, media)
+        elif request.method == "POST":
+            params = gh.params_from_post(request.headers.get("Content-Type"), request.body, media)
+        else:
+            return gh.HttpAnswer(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                orjson.dumps(
+                    {"errors": [{"message": f"{request.method} /graphql: use GET or POST"}]}
+                ),
+                media,
+                (("Allow", "GET, POST, OPTIONS"),),
+            )
+        if isinstance(params, gh.HttpAnswer):
+            return params
+        loop = asyncio.get_running_loop()
+        grant = await loop.run_in_executor(
+            self.pool, self.authenticate, {"authorization": request.headers.get("Authorization")}
+        )
+        if grant is None:
+            return _unauthorized(media)
+        prepared = gh.prepare(self.documents, params, request.method, media)
+        if isinstance(prepared, gh.HttpAnswer):
+            return prepared
+        document, _operation = prepared
+        context = RequestContext(self.services, scope=grant.projects, admin=grant.admin)
+        return await loop.run_in_executor(
+            self.pool, gh.run, self.schema, document, params, context, media
+        )
 
     def healthz(self) -> Response:
         database = self.services.db.ping()
@@ -240,6 +415,39 @@ def _select_subprotocol(
     protocol's own close code (4406) instead of a bare HTTP 400."""
     chosen = subprotocols.select(offered)
     return Subprotocol(chosen) if chosen is not None else None
+
+
+GRAPHIQL_PATH = "/graphiql"
+# GraphiQL's editors set inline styles; everything else stays this origin's only.
+GRAPHIQL_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _graphiql(response: Response) -> HttpReply:
+    """The GraphiQL page (gateway/static/graphiql.html and its vendored files)."""
+    reply = _reply(response)
+    reply.headers = [
+        (k, GRAPHIQL_CSP if k.lower() == "content-security-policy" else v) for k, v in reply.headers
+    ]
+    return reply
+
+
+def _unauthorized(media: str) -> gh.HttpAnswer:
+    message = "this server needs a token: send Authorization: Bearer <token> (run.py token)"
+    return gh.HttpAnswer(
+        HTTPStatus.UNAUTHORIZED,
+        orjson.dumps({"errors": [{"message": message, "extensions": {"code": "UNAUTHORIZED"}}]}),
+        media,
+        (("WWW-Authenticate", "Bearer"),),
+    )
+
+
+def _reply(response: Response) -> HttpReply:
+    """A websockets `Response` (the pages and /healthz build those) as an h11 reply."""
+    return HttpReply(response.status_code, response.body, list(response.headers.raw_items()))
 
 
 def _response(status: HTTPStatus, body: bytes | str, content_type: str = "text/plain") -> Response:

@@ -111,6 +111,8 @@ class RunningServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return  # a test stopped it already
         try:
             self.call(self.app.stop())
         finally:
