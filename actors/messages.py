@@ -48,9 +48,10 @@ class PlanChanged:
 
     A plan edit takes a sequence of the project like a state change, in the same
     transaction as the edit, so every process sees edits and state changes in the log's
-    one order. `change` is {"type": "node" | "edge", "operation": "added" | "updated" |
-    "removed", "node" | "edge": ...}. Status subscribers get no event for it: to them its
-    sequence is one that names no node (the actor knows it, so it is not a gap to fill).
+    one order. `change` is {"type": "node" | "edge" | "metadata", "operation": "added" |
+    "updated" | "removed" | "moved", "node" | "edge" | "metadata": ...}. Status
+    subscribers get no event for it: to them its sequence is one that names no node (the
+    actor knows it, so it is not a gap to fill).
     """
 
     project_id: int

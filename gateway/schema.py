@@ -186,7 +186,8 @@ def resolve_plan_dag(
     ctx.check_project(projectId)
     check_plan(projectId, planId)
     with ctx.services.db.read() as s:
-        if queries.get_project(s, projectId) is None:
+        project = queries.get_project(s, projectId)
+        if project is None:
             return None
         nodes = list(queries.list_nodes(s, projectId))
         states = node_execution_states(s, projectId, nodes)
@@ -195,6 +196,7 @@ def resolve_plan_dag(
             "nodes": [node_dict(n, states[n.id]) for n in nodes],
             "edges": [edge_dict(e) for e in queries.list_edges(s, projectId)],
             "version": queries.last_sequence(s, projectId),
+            "metadata": queries.plan_metadata(s, project),
         }
 
 
@@ -417,6 +419,33 @@ def _move(
     return results
 
 
+def resolve_update_plan_metadata(
+    _root: Any,
+    info: GraphQLResolveInfo,
+    projectId: int,
+    metadata: dict[str, Any],
+    planId: int | None = None,
+) -> dict[str, Any]:
+    """The plan's name and description: one plan edit whose patch replaces /metadata."""
+    ctx = _ctx(info)
+    ctx.check_project(projectId)
+    check_plan(projectId, planId)
+    with ctx.services.db.write() as s:
+        plan_edits.lock_plan(s, projectId)
+        project = queries.require_project(s, projectId)
+        try:
+            result = queries.update_plan_metadata(
+                s, project, metadata["name"], metadata.get("description"), _user(ctx)
+            )
+        except queries.InvalidInput as error:
+            raise GraphQLError(str(error), extensions={"code": "BAD_USER_INPUT"}) from error
+        patch = [{"op": "replace", "path": "/metadata", "value": result}]
+        change = with_patch(queries.metadata_change(result), _user(ctx), patch)
+        logged = ctx.services.store.plan_edit(s, projectId, change)
+    _publish(ctx, logged)
+    return result
+
+
 def _presence(ctx: RequestContext, project_id: int, plan_id: Any) -> Any:
     ctx.check_project(project_id)
     check_plan(project_id, plan_id)
@@ -592,6 +621,7 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "Mutation.deletePlanDagEdge": resolve_delete_edge,
     "Mutation.movePlanDagNode": resolve_move_node,
     "Mutation.batchMovePlanDagNodes": resolve_batch_move,
+    "Mutation.updatePlanDagMetadata": resolve_update_plan_metadata,
     "Mutation.joinProjectCollaboration": resolve_join,
     "Mutation.leaveProjectCollaboration": resolve_leave,
     "Mutation.updateUserPresence": resolve_update_presence,

@@ -108,6 +108,27 @@ class PlanDagEdge(Base):
     edge_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
 
 
+class PlanMetadata(Base):
+    """The plan's own metadata (name, description), once someone edited it.
+
+    A project has one plan; until its first updatePlanDagMetadata it has no row here and
+    its metadata is the project's name and description (queries.plan_metadata). A table
+    of its own, so an older database gets it from create_all without altering a table.
+    """
+
+    __tablename__ = "plan_metadata"
+
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    # How many times the metadata was edited, plus one ("1" before the first edit).
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    author: Mapped[str | None] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class DataSource(Base):
     __tablename__ = "data_sources"
 

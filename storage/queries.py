@@ -30,6 +30,7 @@ from storage.models import (
     Graph,
     PlanDagEdge,
     PlanDagNode,
+    PlanMetadata,
     Project,
     utcnow,
 )
@@ -87,7 +88,7 @@ def delete_project(s: Session, project_id: int) -> bool:
     if project is None:
         return False
     # Children first: not every SQLite build enforces ON DELETE CASCADE on composite keys.
-    for model in (PlanDagEdge, PlanDagNode, ExecutionEvent, Graph, DataSource):
+    for model in (PlanDagEdge, PlanDagNode, PlanMetadata, ExecutionEvent, Graph, DataSource):
         s.execute(delete(model).where(model.project_id == project_id))
     s.delete(project)
     return True
@@ -319,6 +320,68 @@ def node_change(operation: str, node: PlanDagNode) -> dict[str, Any]:
 def edge_change(operation: str, edge: PlanDagEdge) -> dict[str, Any]:
     """The payload of a plan-edit event on an edge: operation "added" or "removed"."""
     return {"type": "edge", "operation": operation, "edge": plan_edge_payload(edge)}
+
+
+PLAN_NAME_LIMIT = 200
+
+
+def plan_metadata(s: Session, project: Project) -> dict[str, Any]:
+    """The plan's metadata in the PlanMetadata shape (the planDag query's `metadata`).
+
+    Before its first edit a plan is named and described like its project, version "1",
+    created and last modified when the project was made, by no one in particular.
+    """
+    row = s.get(PlanMetadata, project.id)
+    created = rfc3339(project.created_at)
+    if row is None:
+        return {
+            "version": "1",
+            "name": project.name,
+            "description": project.description,
+            "created": created,
+            "lastModified": created,
+            "author": None,
+        }
+    return {
+        "version": str(row.revision),
+        "name": row.name,
+        "description": row.description,
+        "created": created,
+        "lastModified": rfc3339(row.updated_at),
+        "author": row.author,
+    }
+
+
+def update_plan_metadata(
+    s: Session, project: Project, name: str, description: str | None, author: str | None
+) -> dict[str, Any]:
+    """Set the plan's name and description; returns the new metadata (see plan_metadata)."""
+    name = name.strip()
+    if not name:
+        raise InvalidInput(
+            "metadata.name must not be empty: give the plan a name (a description alone "
+            "is not enough)"
+        )
+    if len(name) > PLAN_NAME_LIMIT:
+        raise InvalidInput(
+            f"metadata.name is {len(name)} characters long; the limit is {PLAN_NAME_LIMIT}"
+        )
+    row = s.get(PlanMetadata, project.id)
+    if row is None:
+        row = PlanMetadata(project_id=project.id, revision=1)
+        s.add(row)
+    row.name = name
+    row.description = description
+    row.revision = (row.revision or 1) + 1
+    row.author = author
+    row.updated_at = utcnow()
+    s.flush()
+    return plan_metadata(s, project)
+
+
+def metadata_change(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The payload of a plan-edit event on the plan's metadata."""
+    return {"type": "metadata", "operation": "updated", "metadata": metadata}
 
 
 def edges_of_node(s: Session, project_id: int, node_id: str) -> Sequence[PlanDagEdge]:

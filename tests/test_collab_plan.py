@@ -36,7 +36,8 @@ subscription UserPresenceChanged($planId: ID!) {
 """
 PLAN_DAG = """query($p: Int!, $plan: Int) { planDag(projectId: $p, planId: $plan) { version
   nodes { id nodeType config metadata positionX positionY position { x y } executionState }
-  edges { id source target metadata } } }"""
+  edges { id source target metadata }
+  metadata { version name description created lastModified author } } }"""
 ADD_NODE = """mutation($p: Int!, $n: PlanDagNodeInput!) { addPlanDagNode(projectId: $p, node: $n)
   { id } }"""
 ADD_EDGE = """mutation($p: Int!, $e: PlanDagEdgeInput!) { addPlanDagEdge(projectId: $p, edge: $e)
@@ -44,6 +45,9 @@ ADD_EDGE = """mutation($p: Int!, $e: PlanDagEdgeInput!) { addPlanDagEdge(project
 MOVE = """mutation($p: Int!, $n: String!, $x: Float!, $y: Float!) {
   movePlanDagNode(projectId: $p, planId: $p, nodeId: $n, position: {x: $x, y: $y}) {
     id position { x y } } }"""
+UPDATE_METADATA = """mutation($p: Int!, $m: PlanMetadataInput!) {
+  updatePlanDagMetadata(projectId: $p, planId: $p, metadata: $m) {
+    version name description created lastModified author } }"""
 BATCH_MOVE = """mutation($p: Int!, $m: [NodePositionInput!]!) {
   batchMovePlanDagNodes(projectId: $p, nodePositions: $m) { id positionX } }"""
 
@@ -78,6 +82,11 @@ class Stream:
 async def _project(session: Any) -> int:
     made = await session.execute(request('mutation { createProject(input: {name: "p"}) { id } }'))
     return made["createProject"]["id"]
+
+
+def users_of_first_edit(changes: Stream) -> str:
+    """Alice's userId: she made the first edit (and the metadata edit)."""
+    return changes.items[0]["userId"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -131,11 +140,17 @@ def test_two_editors_see_each_others_edits_and_deltas_rebuild_the_plan(any_serve
                     'mutation($p: Int!) { deletePlanDagNode(projectId: $p, nodeId: "b") }', p=pid
                 )
             )
+            renamed = (
+                await alice.execute(
+                    request(UPDATE_METADATA, p=pid, m={"name": "Q3 plan", "description": "d"})
+                )
+            )["updatePlanDagMetadata"]
             last = (await alice.execute(request(PLAN_DAG, p=pid, plan=pid)))["planDag"]
             # 3 nodes + 2 edges + 1 move + 2 moves + 1 update + 2 edge removals + 1 removal
-            total = 12
-            await async_wait_until(lambda: len(changes.items) == total, what="12 plan edits")
-            await async_wait_until(lambda: len(deltas.items) == total, what="12 deltas")
+            # + 1 metadata edit
+            total = 13
+            await async_wait_until(lambda: len(changes.items) == total, what="13 plan edits")
+            await async_wait_until(lambda: len(deltas.items) == total, what="13 deltas")
 
             ops = [(c["type"], c["change"].get("operation")) for c in changes.items]
             assert ops[:5] == [("NODE_CHANGED", "added")] * 3 + [("EDGE_CHANGED", "added")] * 2
@@ -145,7 +160,16 @@ def test_two_editors_see_each_others_edits_and_deltas_rebuild_the_plan(any_serve
                 ("EDGE_CHANGED", "removed"),
                 ("EDGE_CHANGED", "removed"),
                 ("NODE_CHANGED", "removed"),
+                ("METADATA_CHANGED", None),
             ]
+            assert first["metadata"]["name"] == "p" and first["metadata"]["version"] == "1"
+            assert first["metadata"]["author"] is None
+            meta = changes.items[12]
+            assert meta["change"]["metadata"] == renamed == last["metadata"]
+            assert renamed["name"] == "Q3 plan" and renamed["description"] == "d"
+            assert renamed["version"] == "2" and renamed["created"] == first["metadata"]["created"]
+            assert renamed["author"] == meta["userId"] == users_of_first_edit(changes)
+            assert renamed["lastModified"] >= renamed["created"]
             moved = changes.items[5]["change"]["node"]
             assert moved["id"] == "b" and moved["position"] == {"x": 10.5, "y": 20.0}
             assert changes.items[8]["change"]["node"]["metadata"] == {
@@ -159,7 +183,7 @@ def test_two_editors_see_each_others_edits_and_deltas_rebuild_the_plan(any_serve
             assert [d["version"] for d in deltas.items] == sequences
 
             # Applying every delta, in version order, to the first state gives the last.
-            state = {"nodes": first["nodes"], "edges": first["edges"]}
+            state = {k: first[k] for k in ("nodes", "edges", "metadata")}
             for delta in deltas.items:
                 ops = [
                     {k: v for k, v in op.items() if v is not None or k == "value"}
@@ -170,7 +194,7 @@ def test_two_editors_see_each_others_edits_and_deltas_rebuild_the_plan(any_serve
                     for op in ops
                 ]
                 state = jsonpatch.apply_patch(state, ops)
-            assert state == {"nodes": last["nodes"], "edges": last["edges"]}
+            assert state == {k: last[k] for k in ("nodes", "edges", "metadata")}
             assert last["version"] == sequences[-1]
 
             # Resumable: afterSequence replays the edits after it, then live.
@@ -183,7 +207,7 @@ def test_two_editors_see_each_others_edits_and_deltas_rebuild_the_plan(any_serve
                 projectId=pid,
                 after=sequences[7],
             ).start()
-            await async_wait_until(lambda: len(resumed.items) == 4, what="replay of 4 edits")
+            await async_wait_until(lambda: len(resumed.items) == 5, what="replay of 5 edits")
             assert [int(c["changeId"]) for c in resumed.items] == sequences[8:]
             for stream in (changes, deltas, resumed):
                 stream.stop()
@@ -202,6 +226,34 @@ def test_a_plan_id_other_than_the_project_id_is_a_clear_error(server: Any) -> No
             ).start()
             await async_wait_until(lambda: wrong.errors, what="the subscription refused")
             assert f"planId {pid + 7} is not a plan of project {pid}" in str(wrong.errors[0])
+
+    asyncio.run(scenario())
+
+
+def test_plan_metadata_with_an_empty_name_is_refused_naming_the_field(server: Any) -> None:
+    async def scenario() -> None:
+        async with client(server.url) as session:
+            pid = await _project(session)
+            for name in ("", "   "):
+                with pytest.raises(TransportQueryError) as refused:
+                    await session.execute(request(UPDATE_METADATA, p=pid, m={"name": name}))
+                assert "metadata.name must not be empty" in str(refused.value)
+                assert "BAD_USER_INPUT" in str(refused.value)
+            with pytest.raises(TransportQueryError, match="is not a plan of"):
+                await session.execute(
+                    request(
+                        UPDATE_METADATA.replace("planId: $p", "planId: 999999"),
+                        p=pid,
+                        m={"name": "x"},
+                    )
+                )
+            # Nothing was logged, nothing changed.
+            plan = (await session.execute(request(PLAN_DAG, p=pid)))["planDag"]
+            assert plan["metadata"]["name"] == "p" and plan["metadata"]["version"] == "1"
+            with server.app.db.read() as s:
+                from storage import queries
+
+                assert list(queries.events_after(s, pid, 0)) == []
 
     asyncio.run(scenario())
 
