@@ -612,6 +612,7 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "Query.dataSources": resolve_data_sources,
     "Query.graphs": resolve_graphs,
     "Query.executionEvents": resolve_execution_events,
+    "Query.viewerUserId": lambda _root, info: _user(_ctx(info)),
     "Mutation.createProject": resolve_create_project,
     "Mutation.deleteProject": resolve_delete_project,
     "Mutation.addPlanDagNode": resolve_add_node,

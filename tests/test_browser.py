@@ -487,7 +487,46 @@ def test_two_pages_show_each_others_plan_edits_and_presence(
     bob.page.evaluate('pid => window.planpulse.api.deleteNode(pid, "shared")', pid)
     expect(alice.node("shared")).to_have_count(0)
 
-    # Bob leaves the page (its socket goes with it): Alice's page shows one editor again.
+    # Bob's cursor over the service graph's card: Alice's page draws Bob's labelled marker
+    # there, in plan coordinates (on her own drawing of that card); Bob's page draws none.
+    bob_id = bob.page.wait_for_function("window.planpulse.current().collab.selfId").json_value()
+    box = bob.node(ids["graph"]).bounding_box()
+    assert box is not None
+    bob.page.mouse.move(box["x"] + 10, box["y"] + 10)
+    bob.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    marker = alice.page.locator(f'.cursor-marker[data-user-id="{bob_id}"]')
+    expect(marker).to_have_count(1)
+    bob_user = alice.page.locator(f'#presence .presence-user[data-user-id="{bob_id}"]')
+    label = marker.locator(".cursor-label").inner_text().strip()
+    assert label.startswith("Anonymous ") and bob_user.inner_text().startswith(label)
+    sent = bob.page.evaluate(
+        "([x, y]) => window.planpulse.dag.toPlan(x, y)",
+        [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2],
+    )
+    alice.page.wait_for_function(
+        """([id, x, y]) => {
+          const m = document.querySelector(`.cursor-marker[data-user-id="${id}"]`);
+          // MouseEvent.clientX/Y are whole pixels: within 2 plan pixels at any fit zoom
+          return m && Math.abs(m.dataset.x - x) < 2 && Math.abs(m.dataset.y - y) < 2;
+        }""",
+        arg=[bob_id, sent["x"], sent["y"]],
+    )
+    card = alice.node(ids["graph"]).bounding_box()
+    assert card is not None
+    alice.page.wait_for_function(
+        """([id, c]) => {
+          const r = document.querySelector(`.cursor-marker[data-user-id="${id}"]`)
+            .getBoundingClientRect();
+          return r.left >= c.x && r.left <= c.x + c.width && r.top >= c.y
+            && r.top <= c.y + c.height;
+        }""",
+        arg=[bob_id, card],
+    )
+    expect(bob.page.locator(".cursor-marker")).to_have_count(0)
+
+    # Bob leaves the page (its socket goes with it): Alice's page shows one editor again,
+    # and Bob's cursor marker is gone.
     bob.page.goto("about:blank")
     expect(alice.page.locator("#presence .presence-user")).to_have_count(1)
+    expect(alice.page.locator(".cursor-marker")).to_have_count(0)
     assert alice.errors == [] and bob.errors == []

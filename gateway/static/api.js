@@ -41,6 +41,7 @@ export const PRESENCE = `subscription UserPresenceChanged($planId: ID!) {
   }
 }`;
 
+const VIEWER = `query Viewer { viewerUserId }`;
 const JOIN = `mutation Join($projectId: Int!) { joinProjectCollaboration(projectId: $projectId) }`;
 const LEAVE = `mutation Leave($projectId: Int!) { leaveProjectCollaboration(projectId: $projectId) }`;
 const CURSOR = `mutation Cursor($projectId: Int!, $cursor: CursorPositionInput, $selected: String) {
@@ -108,6 +109,11 @@ export class Api {
 
   async stopPlan(projectId) {
     return (await this.client.request(STOP_PLAN, { projectId })).stopPlanExecution;
+  }
+
+  /** This connection's userId (how other editors' presence names it). */
+  async viewerUserId() {
+    return (await this.client.request(VIEWER)).viewerUserId;
   }
 
   join(projectId) {

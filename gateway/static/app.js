@@ -26,10 +26,15 @@ const client = new Client({
 });
 const api = new Api(client);
 // For tests and the console: the page's own API on its own connection.
-window.planpulse = { api, current: () => current };
-$("#canvas").addEventListener("mousemove", (e) => current?.collab?.cursor(e.offsetX, e.offsetY));
-
 const dag = new DagView($("#canvas"), { onSelect: selectNode, zoomLabel: $("#zoom-level") });
+window.planpulse = { api, dag, current: () => current };
+// The cursor in plan coordinates (not the hovered card's offset), whatever the zoom.
+$("#canvas").addEventListener("mousemove", (e) => {
+  if (!current?.collab) return;
+  const { x, y } = dag.toPlan(e.clientX, e.clientY);
+  current.collab.cursor(x, y);
+});
+
 $("#zoom-in").addEventListener("click", () => dag.zoomBy(1));
 $("#zoom-out").addEventListener("click", () => dag.zoomBy(-1));
 $("#zoom-fit").addEventListener("click", () => dag.zoomBy(0));
@@ -200,8 +205,10 @@ function collaborate(open) {
     onPlanEdit: () => {
       if (current === open) renderPlan(open.model);
     },
-    onPresence: (users) => {
-      if (current === open) renderPresence(users);
+    onPresence: (users, others) => {
+      if (current !== open) return;
+      renderPresence(users);
+      dag.showCursors(others);
     },
   });
 }

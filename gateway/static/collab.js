@@ -1,6 +1,8 @@
 // Collaboration on the open project: other editors' plan edits applied live
 // (planDagChanged, resumed after the plan's version), and who else is here (presence).
-// The cursor is sent at most 10 times a second; the server coalesces too.
+// The cursor is sent at most 10 times a second; the server coalesces too. Presence
+// reaches the page as the other editors (this connection's own user left out: its id
+// is asked for on each new connection).
 
 const CURSOR_INTERVAL_MS = 100;
 
@@ -8,7 +10,9 @@ export class Collaboration {
   /**
    * @param {import("./api.js").Api} api
    * @param {import("./model.js").PlanModel} model
-   * @param {{onPlanEdit: (event: object) => void, onPresence: (users: object[]) => void}} hooks
+   * @param {{onPlanEdit: (event: object) => void,
+   *          onPresence: (users: object[], others: object[]) => void}} hooks
+   *   onPresence gets every editor here (this page's user too) and the others only
    */
   constructor(api, model, hooks) {
     this.api = api;
@@ -19,6 +23,7 @@ export class Collaboration {
     this.cursorTimer = null;
     this.lastCursorAt = 0;
     this.selected = null;
+    this.selfId = null; // this connection's userId, once known
     const projectId = model.projectId;
     this.unwatchPlan = api.watchPlan(
       () => ({ projectId, afterSequence: model.planVersion ?? undefined }),
@@ -28,7 +33,16 @@ export class Collaboration {
       () => {
         // (Re)subscribing means a (new) connection: join on it.
         this.users.clear();
-        queueMicrotask(() => api.join(projectId).catch(() => {}));
+        queueMicrotask(() => {
+          api.join(projectId).catch(() => {});
+          api
+            .viewerUserId()
+            .then((id) => {
+              this.selfId = id;
+              this.#render();
+            })
+            .catch(() => {});
+        });
         return { planId: String(projectId) };
       },
       { next: (payload) => this.#onPresence(payload) },
@@ -37,6 +51,8 @@ export class Collaboration {
 
   stop() {
     clearTimeout(this.cursorTimer);
+    this.users.clear();
+    this.#render();
     this.unwatchPlan();
     this.unwatchPresence();
     this.api.leave(this.model.projectId).catch(() => {});
@@ -76,6 +92,14 @@ export class Collaboration {
     if (!user) return;
     if (user.isActive) this.users.set(user.userId, user);
     else this.users.delete(user.userId);
-    this.hooks.onPresence([...this.users.values()]);
+    this.#render();
+  }
+
+  #render() {
+    const users = [...this.users.values()];
+    this.hooks.onPresence(
+      users,
+      users.filter((user) => user.userId !== this.selfId),
+    );
   }
 }

@@ -28,6 +28,10 @@ export class DagView {
     this.svg.classList.add("dag-edges");
     this.svg.append(arrowHead());
     this.stage.append(this.svg);
+    // Other editors' cursors, above the cards; in the stage, so in plan coordinates.
+    this.cursorLayer = h("div", { class: "dag-cursors", "aria-label": "Other editors' cursors" });
+    this.cursors = new Map(); // userId -> marker
+    this.stage.append(this.cursorLayer);
     root.replaceChildren(this.sizer);
     new ResizeObserver(() => this.zoom === null && this.#applyZoom()).observe(root);
   }
@@ -60,6 +64,50 @@ export class DagView {
     if (this.zoomLabel) {
       this.zoomLabel.textContent = `${Math.round(scale * 100)}%`;
       this.zoomLabel.title = this.zoom === null ? "fitted to the canvas" : "";
+    }
+  }
+
+  /** A pointer position (client pixels) in plan coordinates: the unscaled stage's. */
+  toPlan(clientX, clientY) {
+    const rect = this.stage.getBoundingClientRect();
+    const scale = this.#scale();
+    return { x: (clientX - rect.left) / scale, y: (clientY - rect.top) / scale };
+  }
+
+  /**
+   * One labelled marker per user with a cursor, at that cursor (plan coordinates); the
+   * markers of users no longer listed (they left) are removed.
+   * @param {{userId: string, userName: string, avatarColor: string,
+   *          cursorPosition: {x: number, y: number} | null}[]} users
+   */
+  showCursors(users) {
+    const shown = new Set();
+    for (const user of users) {
+      const at = user.cursorPosition;
+      if (!at) continue;
+      shown.add(user.userId);
+      let marker = this.cursors.get(user.userId);
+      if (!marker) {
+        marker = h(
+          "div",
+          { class: "cursor-marker", dataset: { userId: user.userId }, "aria-hidden": "true" },
+          h("span", { class: "cursor-pointer" }),
+          h("span", { class: "cursor-label" }),
+        );
+        this.cursors.set(user.userId, marker);
+        this.cursorLayer.append(marker);
+      }
+      marker.style.setProperty("--avatar", user.avatarColor);
+      marker.querySelector(".cursor-label").textContent = user.userName;
+      marker.style.left = `${at.x}px`;
+      marker.style.top = `${at.y}px`;
+      marker.dataset.x = String(at.x);
+      marker.dataset.y = String(at.y);
+    }
+    for (const [userId, marker] of this.cursors) {
+      if (shown.has(userId)) continue;
+      marker.remove();
+      this.cursors.delete(userId);
     }
   }
 
