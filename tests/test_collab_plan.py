@@ -319,6 +319,8 @@ def test_with_auth_the_token_names_the_editor(start_server: Any) -> None:
         )
         await async_wait_until(lambda: watcher.items, what="the join")
         assert watcher.items[0]["userId"] == "alice@example.com"
+        me = await editor.execute("{ viewerUserId }")
+        assert me["data"] == {"viewerUserId": "alice@example.com"}
         assert watcher.items[0]["userName"] == "Alice"
         await editor.execute(
             "mutation($p: Int!, $n: PlanDagNodeInput!) { addPlanDagNode(projectId: $p, node: $n)"
