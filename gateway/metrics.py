@@ -71,6 +71,23 @@ class GatewayMetrics:
             registry=r,
         )
 
+    def watch_hub(self, hub: Any) -> None:
+        """The hub's supervision counts (actors.hub.Hub), read at scrape."""
+        self.registry.register(
+            _CallbackCounter(
+                "planpulse_project_actors_replaced",
+                "Project actors that failed and were replaced (subscribers moved, no gap)",
+                lambda: hub.actors_replaced,
+            )
+        )
+        self.registry.register(
+            _CallbackCounter(
+                "planpulse_route_failures",
+                "Bus messages a dead project actor could not take (its replacement catches up)",
+                lambda: hub.route_failures,
+            )
+        )
+
     def watch_loadgen(self, timings: Any) -> None:
         """The load generator's stage timings (actors.loadgen.LoadTimings), read at scrape."""
         r = self.registry

@@ -284,6 +284,8 @@ def test_a_project_actor_that_fails_is_replaced_and_its_watcher_misses_nothing(
     with caplog.at_level(logging.WARNING):
         run(scenario())
     assert "a new one took its 1 subscribers from sequence" in caplog.text
+    scrape = server.app.gateway.metrics.render().decode()
+    assert "planpulse_project_actors_replaced_total 1.0" in scrape, scrape
 
 
 def test_the_hub_never_raises_for_a_dead_actor(server: Any) -> None:
