@@ -68,7 +68,12 @@ class HttpConnection:
     """One plain-HTTP connection: h11 parses, `handler` answers, one request at a time."""
 
     def __init__(
-        self, owner: FrontDoor, transport: asyncio.Transport, handler: Handler, max_body: int
+        self,
+        owner: FrontDoor,
+        transport: asyncio.Transport,
+        handler: Handler,
+        max_body: int,
+        idle_timeout: float = 10.0,
     ) -> None:
         self.owner = owner  # its pause_writing/resume_writing say when the socket is full
         self.transport = transport
@@ -79,6 +84,39 @@ class HttpConnection:
         self.body = bytearray()
         self.task: asyncio.Task[None] | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A client gets `idle_timeout` seconds to send each whole request (head and body)
+        # and to start the next one on a kept-alive connection: a client that trickles
+        # bytes (slowloris) or idles holds no socket for longer than that.
+        self.idle_timeout = idle_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.task is not None or self.done.done():
+            return  # answering: the handler's own limits apply
+        if self.h11.their_state is h11.IDLE and not self.request_started():
+            self.transport.close()  # an idle keep-alive connection: nothing to say
+            self.lost()
+            return
+        self._fail(
+            408,
+            f"the request was not complete within {self.idle_timeout:g} s "
+            "(the gateway's open timeout): send the whole request at once\n",
+        )
+
+    def request_started(self) -> bool:
+        """Bytes of a next request received but not yet a whole head."""
+        return bool(self.h11.trailing_data[0])
 
     def feed(self, data: bytes) -> None:
         self.h11.receive_data(data)
@@ -90,6 +128,7 @@ class HttpConnection:
         self.lost()
 
     def lost(self) -> None:
+        self._disarm()
         if self.task is not None:
             self.task.cancel()
         if not self.done.done():
@@ -122,6 +161,7 @@ class HttpConnection:
                     return
             elif isinstance(event, h11.EndOfMessage):
                 assert self.request is not None
+                self._disarm()
                 self.task = asyncio.ensure_future(self._respond(self.request, bytes(self.body)))
             elif isinstance(event, h11.ConnectionClosed):
                 self.transport.close()
@@ -157,6 +197,7 @@ class HttpConnection:
             self.lost()
             return
         self.task = None
+        self._arm()
         self._pump()
 
     async def _stream(self, stream: HttpStream) -> bool:
@@ -273,7 +314,9 @@ class FrontDoor(ServerConnection):
             self._routed.set_result(True)
             super().data_received(head)
             return
-        self._http = HttpConnection(self, self.transport, self.http_handler, self.max_body)
+        self._http = HttpConnection(
+            self, self.transport, self.http_handler, self.max_body, self.open_timeout
+        )
         self.open_http.add(self._http)
         self._http.done.add_done_callback(lambda _: self.open_http.discard(self._http))
         self._routed.set_result(False)

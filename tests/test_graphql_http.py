@@ -207,3 +207,38 @@ def test_an_unexpected_resolver_error_over_http_is_generic_with_an_id(
     assert "SELECT" not in str(error) and "parameter-value-xyz" not in str(error)
     assert error["message"].startswith("internal server error (id ")
     assert error["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
+
+
+def test_a_request_trickled_or_left_idle_is_closed_after_the_open_timeout(
+    start_server: Any,
+) -> None:
+    """Slowloris: a body that never completes gets a 408 naming the limit; an idle
+    kept-alive connection is closed; a whole request on time is answered as before."""
+    import socket
+    import time
+
+    server = start_server(gateway=GatewayConfig(port=0, open_timeout=0.5))
+
+    def read_all(sock: socket.socket) -> bytes:
+        sock.settimeout(10)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+    with socket.create_connection(("127.0.0.1", server.port)) as slow:
+        slow.sendall(
+            b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        began = time.monotonic()
+        answer = read_all(slow)  # returns once the server closes
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b"not complete within 0.5 s" in answer
+        assert time.monotonic() - began < 5
+
+    with socket.create_connection(("127.0.0.1", server.port)) as idle:
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = read_all(idle)  # 200, then closed once idle for 0.5 s
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert answer.count(b"HTTP/1.1") == 1
