@@ -223,7 +223,26 @@ class Gateway:
         return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
 
     async def _graphql_http(self, request: HttpRequest) -> HttpReply | HttpStream:
-        """GraphQL over HTTP (gateway/graphql_http.py): same auth, limits, origins as WS."""
+        """GraphQL over HTTP (gateway/graphql_http.py): same auth, limits, origins as WS.
+
+        An error outside the resolvers (the token check meeting a database outage, a bug)
+        is a GraphQL error with an id (503 when the database is unavailable), not a bare
+        500: the same sentence the WebSocket gives."""
+        try:
+            return await self._graphql_http_unguarded(request)
+        except Exception as error:  # noqa: BLE001 - answered with an id, logged with it
+            public = internal_error(error, f"HTTP {request.method} {request.path}")
+            status = (
+                HTTPStatus.SERVICE_UNAVAILABLE
+                if public["extensions"]["code"] == "DATABASE_UNAVAILABLE"
+                else HTTPStatus.INTERNAL_SERVER_ERROR
+            )
+            headers = [("Content-Type", "application/json; charset=utf-8")]
+            if status == HTTPStatus.SERVICE_UNAVAILABLE:
+                headers.append(("Retry-After", "2"))
+            return HttpReply(status, orjson.dumps({"errors": [public]}), headers)
+
+    async def _graphql_http_unguarded(self, request: HttpRequest) -> HttpReply | HttpStream:
         cors = self._cors(request)
         if cors is None:
             origin = request.headers.get("Origin")

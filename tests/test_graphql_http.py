@@ -242,3 +242,21 @@ def test_a_request_trickled_or_left_idle_is_closed_after_the_open_timeout(
         answer = read_all(idle)  # 200, then closed once idle for 0.5 s
         assert answer.startswith(b"HTTP/1.1 200 "), answer
         assert answer.count(b"HTTP/1.1") == 1
+
+
+def test_a_database_outage_in_the_token_check_is_a_503_with_an_id(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    def outage(_headers: Any) -> Any:
+        raise OperationalError("SELECT * FROM tokens", {}, ConnectionRefusedError("refused"))
+
+    monkeypatch.setattr(server.app.gateway, "authenticate", outage)
+    status, headers, body = request(server, "POST", "/graphql", {"query": "{ projects { id } }"})
+    assert status == 503, body
+    assert headers["Retry-After"] == "2"
+    (error,) = body["errors"]
+    assert error["extensions"]["code"] == "DATABASE_UNAVAILABLE"
+    assert error["message"].startswith("the database is unavailable right now (id ")
+    assert "SELECT" not in str(body)
