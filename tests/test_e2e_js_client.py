@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import queue
-import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI
 from tests.helpers import (
     NODES_CSV,
     VERBATIM_SUBSCRIPTION,
@@ -31,10 +29,10 @@ from tests.helpers import (
     subscriber_count,
     wait_until,
 )
+from tests.node_tools import node_with_packages
 
 JS_DIR = Path(__file__).parent / "js"
 WATCH_SCRIPT = JS_DIR / "watch.mjs"
-NPM_CI_TIMEOUT = 300
 MIN_NODE_MAJOR = 20  # graphql-ws 6 needs Node 20
 
 CREATE_PROJECT = "mutation($name: String!) { createProject(input: {name: $name}) { id name } }"
@@ -45,41 +43,10 @@ mutation($input: CreateDataSourceInput!) {
 """
 
 
-def _unavailable(message: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{message} (under CI a missing tool is a failure, not a skip)")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def node() -> str:
     """The `node` executable, with tests/js's npm dependencies installed."""
-    node_bin, npm_bin = shutil.which("node"), shutil.which("npm")
-    if node_bin is None or npm_bin is None:
-        missing = " and ".join(n for n, b in (("node", node_bin), ("npm", npm_bin)) if b is None)
-        _unavailable(f"{missing} not found on PATH: install Node.js >= {MIN_NODE_MAJOR}")
-    assert node_bin is not None and npm_bin is not None
-    version = subprocess.run(
-        [node_bin, "--version"], capture_output=True, text=True, timeout=30, check=True
-    ).stdout.strip()
-    if int(version.lstrip("v").split(".")[0]) < MIN_NODE_MAJOR:
-        _unavailable(f"node {version} is too old: graphql-ws needs Node >= {MIN_NODE_MAJOR}")
-    if not (JS_DIR / "node_modules" / "graphql-ws" / "package.json").exists():
-        try:
-            done = subprocess.run(
-                [npm_bin, "ci", "--no-audit", "--no-fund"],
-                cwd=JS_DIR,
-                capture_output=True,
-                text=True,
-                timeout=NPM_CI_TIMEOUT,
-            )
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"`npm ci` in {JS_DIR} took longer than {NPM_CI_TIMEOUT}s")
-        if done.returncode != 0:
-            pytest.fail(
-                f"`npm ci` in {JS_DIR} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
-            )
-    return node_bin
+    return node_with_packages(JS_DIR, ("graphql-ws",), MIN_NODE_MAJOR)
 
 
 class NodeWatcher:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,51 +23,18 @@ import pytest
 
 from gateway.server import GatewayConfig
 from storage import queries
-from tests.conftest import IN_CI
+from tests.node_tools import node_with_packages
 
 JS_DIR = Path(__file__).parent / "js-legacy"
 SCRIPT = JS_DIR / "legacy.mjs"
-NPM_CI_TIMEOUT = 300
 MIN_NODE_MAJOR = 18
 RUN_TIMEOUT = 40
-
-
-def _unavailable(message: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{message} (under CI a missing tool is a failure, not a skip)")
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
 def node() -> str:
     """The `node` executable, with tests/js-legacy's npm dependencies installed."""
-    node_bin, npm_bin = shutil.which("node"), shutil.which("npm")
-    if node_bin is None or npm_bin is None:
-        missing = " and ".join(n for n, b in (("node", node_bin), ("npm", npm_bin)) if b is None)
-        _unavailable(f"{missing} not found on PATH: install Node.js >= {MIN_NODE_MAJOR}")
-    assert node_bin is not None and npm_bin is not None
-    version = subprocess.run(
-        [node_bin, "--version"], capture_output=True, text=True, timeout=30, check=True
-    ).stdout.strip()
-    if int(version.lstrip("v").split(".")[0]) < MIN_NODE_MAJOR:
-        _unavailable(f"node {version} is too old: the test needs Node >= {MIN_NODE_MAJOR}")
-    package = JS_DIR / "node_modules" / "subscriptions-transport-ws" / "package.json"
-    if not package.exists():
-        try:
-            done = subprocess.run(
-                [npm_bin, "ci", "--no-audit", "--no-fund"],
-                cwd=JS_DIR,
-                capture_output=True,
-                text=True,
-                timeout=NPM_CI_TIMEOUT,
-            )
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"`npm ci` in {JS_DIR} took longer than {NPM_CI_TIMEOUT}s")
-        if done.returncode != 0:
-            pytest.fail(
-                f"`npm ci` in {JS_DIR} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
-            )
-    return node_bin
+    return node_with_packages(JS_DIR, ("subscriptions-transport-ws",), MIN_NODE_MAJOR)
 
 
 def legacy_js(node: str, scenario: str, url: str, token: str | None, *args: Any) -> list[dict]:

@@ -9,7 +9,6 @@ tests/js_http's packages are installed from its package-lock.json on first use.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -17,37 +16,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.node_tools import node_with_packages
 
 JS_DIR = Path(__file__).parent / "js_http"
 PACKAGES = ("graphql-http", "graphql-sse", "graphql-ws", "@apollo/client", "ws", "rxjs")
 SHOULDS_PASSING = 23  # measured with graphql-http 1.23.1: all 23 of them
 
 
-def _unavailable(message: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{message} (under CI a missing tool is a failure, not a skip)")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def node_http() -> str:
-    node_bin, npm_bin = shutil.which("node"), shutil.which("npm")
-    if node_bin is None or npm_bin is None:
-        _unavailable("node or npm not found on PATH: install Node.js >= 20")
-    assert node_bin is not None and npm_bin is not None
-    modules = JS_DIR / "node_modules"
-    if not all((modules / name / "package.json").exists() for name in PACKAGES):
-        done = subprocess.run(
-            [npm_bin, "ci", "--no-audit", "--no-fund"],
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"`npm ci` in {JS_DIR} failed:\n{done.stdout}\n{done.stderr}")
-    return node_bin
+    return node_with_packages(JS_DIR, PACKAGES, 20)
 
 
 def test_graphql_http_audit(server: Any, node_http: str) -> None:
