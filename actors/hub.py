@@ -153,10 +153,7 @@ class Hub:
         """After the bus may have lost messages: every actor catches up from the log."""
         with self._lock:
             for ref in self._actors.values():
-                try:
-                    ref.tell(Resync())
-                except pykka.ActorDeadError:
-                    pass  # failed: its replacement catches up when it starts
+                _resync(ref)
 
     def resync(self, project_id: int) -> None:
         """The project's actor (if any) catches up from the log (a repair after a failed
@@ -165,10 +162,7 @@ class Hub:
             ref = self._actors.get(project_id)
             if ref is None:
                 return
-            try:
-                ref.tell(Resync())
-            except pykka.ActorDeadError:
-                pass
+            _resync(ref)
 
     # --- supervision ----------------------------------------------------------------------
 
@@ -188,10 +182,7 @@ class Hub:
                     ref = self._actors.get(project_id)
                     if ref is None:
                         continue
-                    try:
-                        ref.tell(Resync())
-                    except pykka.ActorDeadError:
-                        pass
+                    _resync(ref)
 
     def _failed(
         self,
@@ -359,6 +350,15 @@ class Hub:
                 pass
         self._reaper.join(timeout=5)
         self._supervisor.join(timeout=5)
+
+
+def _resync(ref: pykka.ActorRef[ProjectActor]) -> None:
+    """Have an actor catch up from the log; a dead one is skipped: its replacement
+    catches up when it starts."""
+    try:
+        ref.tell(Resync())
+    except pykka.ActorDeadError:
+        pass
 
 
 __all__ = ["Hub", "PlanChanged", "StatusChanged"]
