@@ -193,7 +193,7 @@ async function openProject(projectId) {
   details.clear();
   markActiveProject();
   // Without a connection the plan is loaded again once live; watch all the same.
-  if ((await loadPlan(open)) !== "refused" && current === open) {
+  if ((await loadPlan(open, { opening: true })) !== "refused" && current === open) {
     watch(open);
     collaborate(open);
   }
@@ -247,7 +247,7 @@ function showUnavailable(projectId, why) {
  * Query the plan and draw it: "ok"; "refused" when the server will not show this project
  * (it does not exist, or the token may not see it); "failed" for a lost connection.
  */
-async function loadPlan(open) {
+async function loadPlan(open, { opening = false } = {}) {
   const load = ++open.loads;
   const { projectId } = open.model;
   let result;
@@ -266,7 +266,7 @@ async function loadPlan(open) {
     showUnavailable(projectId, why);
     return "refused";
   }
-  open.model.setPlan(result);
+  open.model.setPlan(result, { opening });
   $("#project").classList.remove("project-unavailable");
   renderPlan(open.model);
   return "ok";
@@ -359,7 +359,7 @@ function onStatusEvent(open, payload) {
  */
 function isSnapshotEcho(open, event, state) {
   const before = open.model.status.get(event.nodeId);
-  return Boolean(before && before.sequence === null && before.state === state);
+  return Boolean(before && before.echoable && before.sequence === null && before.state === state);
 }
 
 async function onWatchError(open, err) {
@@ -368,7 +368,7 @@ async function onWatchError(open, err) {
   if (RESUME_REFUSED.has(err.code)) {
     feed.note("The server cannot replay from where this page left off: reloading the current state.");
     open.model.forgetSequences();
-    if ((await loadPlan(open)) !== "refused" && current === open) watch(open);
+    if ((await loadPlan(open, { opening: true })) !== "refused" && current === open) watch(open);
     return;
   }
   showMessage("error", describeError(err), { title: "Live updates of this project stopped:" });

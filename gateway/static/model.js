@@ -73,8 +73,13 @@ export class PlanModel {
     return false;
   }
 
-  /** Take the result of the Plan query (api.plan). */
-  setPlan({ project, planDag, dataSources, graphs }) {
+  /**
+   * Take the result of the Plan query (api.plan). `opening`: the page is (re)opening the
+   * project and its subscription's snapshot is still to come, so an event that repeats a
+   * state shown here is that snapshot's echo; a later refetch's states are not echoable
+   * (the live event for them may arrive after the query and must reach the feed).
+   */
+  setPlan({ project, planDag, dataSources, graphs }, { opening = false } = {}) {
     this.project = project;
     this.planVersion = planDag?.version ?? null;
     this.nodes = planDag?.nodes ?? [];
@@ -95,6 +100,7 @@ export class PlanModel {
       this.status.set(node.id, {
         state: node.executionState,
         sequence: null,
+        echoable: opening,
         source: source ?? null,
         graph: graph ?? null,
       });
