@@ -1,8 +1,8 @@
 """The HTTP layer in front of the WebSocket server: one port, every request parsed properly.
 
 websockets' own HTTP handling reads only `GET` (it exists to open WebSockets), so a POST to
-/graphql was refused. `FrontDoor` is the asyncio protocol of every accepted socket: it reads
-the first request's head and routes the connection once —
+/graphql was refused. `FrontDoor` (gateway/websockets_internals.py) is the asyncio protocol
+of every accepted socket: it reads the first request's head and routes the connection once —
 
 * `GET` with `Upgrade: websocket` goes on to websockets (its sans-I/O `ServerProtocol` via
   the library's `ServerConnection`, exactly as before: the WebSocket and fan-out path does
@@ -30,7 +30,7 @@ from websockets.datastructures import Headers
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024
-_UPGRADE = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*(\r\n|$)", re.IGNORECASE)
+UPGRADE = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*(\r\n|$)", re.IGNORECASE)
 
 
 @dataclass(slots=True)
@@ -69,7 +69,7 @@ class HttpConnection:
 
     def __init__(
         self,
-        owner: FrontDoor,
+        owner: ServerConnection,
         transport: asyncio.Transport,
         handler: Handler,
         max_body: int,
@@ -279,77 +279,3 @@ def _header(headers: Any, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
-
-
-class FrontDoor(ServerConnection):
-    """websockets' connection, with the first request's head routed before the library
-    sees it (see the module docstring). Create with `front_door(handler, ...)`."""
-
-    http_handler: Handler
-    max_body: int
-    open_timeout: float
-    open_http: set[HttpConnection]  # per server (see front_door): closed at shutdown
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._head: bytearray | None = bytearray()
-        self._http: HttpConnection | None = None
-        self._routed: asyncio.Future[bool] = self.loop.create_future()
-
-    def data_received(self, data: bytes) -> None:
-        if self._http is not None:
-            self._http.feed(data)
-            return
-        if self._head is None:
-            super().data_received(data)
-            return
-        self._head += data
-        end = self._head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._head) > MAX_HEAD_BYTES:
-                self.transport.abort()
-            return
-        head, self._head = bytes(self._head), None
-        if head[:4].upper() == b"GET " and _UPGRADE.search(head, 0, end + 2):
-            self._routed.set_result(True)
-            super().data_received(head)
-            return
-        self._http = HttpConnection(
-            self, self.transport, self.http_handler, self.max_body, self.open_timeout
-        )
-        self.open_http.add(self._http)
-        self._http.done.add_done_callback(lambda _: self.open_http.discard(self._http))
-        self._routed.set_result(False)
-        self._http.feed(head)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._routed.done():
-            self._routed.set_result(False)
-        if self._http is not None:
-            self._http.lost()
-        super().connection_lost(exc)
-
-    async def handshake(self, *args: Any, **kwargs: Any) -> None:
-        """A WebSocket's handshake within `open_timeout`; a plain-HTTP connection stays
-        until it closes (the library then aborts the already-closed transport)."""
-        async with asyncio.timeout(self.open_timeout):
-            websocket = await self._routed
-            if websocket:
-                await super().handshake(*args, **kwargs)
-                return
-        if self._http is not None:
-            await self._http.done
-
-
-def front_door(handler: Handler, max_body: int, open_timeout: float = 10.0) -> type[FrontDoor]:
-    """A FrontDoor class bound to the gateway's HTTP handler (websockets' `create_connection`)."""
-    return type(
-        "GatewayFrontDoor",
-        (FrontDoor,),
-        {
-            "http_handler": staticmethod(handler),
-            "max_body": max_body,
-            "open_timeout": open_timeout,
-            "open_http": set(),
-        },
-    )

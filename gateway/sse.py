@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.http import HttpConnection, HttpStream
-from gateway.mailbox import Item, Outbox, SubscriptionMailbox
+from gateway.outbox import Item, Outbox
+from gateway.subscriber import SubscriptionMailbox
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -52,7 +53,7 @@ def last_event_sequence(header: str | None) -> int | None:
 
 
 class SseSink:
-    """An outbox's way to an HTTP connection's chunked body (`gateway.mailbox.FrameSink`)."""
+    """An outbox's way to an HTTP connection's chunked body (`gateway.outbox.FrameSink`)."""
 
     __slots__ = ("http",)
 

@@ -1,4 +1,5 @@
-"""gateway/frames.py writes the same bytes as websockets' own serialisation."""
+"""`text_frame_header` (gateway/websockets_internals.py) writes the same bytes as websockets' own
+serialisation."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
-from gateway.frames import text_frame_header
+from gateway.websockets_internals import text_frame_header
 
 
 def library_frame(payload: bytes) -> bytes:

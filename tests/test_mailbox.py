@@ -1,4 +1,5 @@
-"""Tests of gateway/mailbox.py: the Dispatcher, per-connection Outboxes, mailboxes.
+"""Tests of the thread-to-loop handoff (gateway/dispatcher.py), per-connection Outboxes
+(gateway/outbox.py) and subscription mailboxes (gateway/subscriber.py).
 
 Each test runs its scenario on a real asyncio loop (`asyncio.run`); producers are the test
 itself or real threads, as project actors are. The socket is a `Sink` that records what
@@ -16,7 +17,9 @@ from typing import Any
 
 import orjson
 
-from gateway.mailbox import SLOW_CONSUMER_CODE, Dispatcher, Outbox, SubscriptionMailbox
+from gateway.dispatcher import Dispatcher
+from gateway.outbox import SLOW_CONSUMER_CODE, Outbox
+from gateway.subscriber import SubscriptionMailbox
 
 TIMEOUT = 5.0
 

@@ -1,15 +1,8 @@
-"""From project actors' threads to sockets: the Dispatcher, per-connection Outboxes, and
-per-subscription mailboxes.
+"""Per-connection backpressure: a connection's frames, written in the order produced.
 
-Project actors call `SubscriptionMailbox.deliver` from their own threads; it never blocks:
-it appends to the process's `Dispatcher` queue, and the first delivery of a burst schedules
-one loop callback for the whole burst (one `call_soon_threadsafe`, however many frames and
-connections). That callback hands each delivery to its connection's `Outbox` and then
-writes every touched connection once, synchronously, as `websockets.broadcast` does: no
-task, no lock and no await per frame on the hot path.
-
-Backpressure is per connection and per subscription. While a connection's socket accepts
-data, frames go straight to it. When its write buffer is full (the transport paused
+The Dispatcher (gateway/dispatcher.py) brings deliveries to the loop; an `Outbox` writes
+them. While a connection's socket accepts data, frames go straight to it
+(gateway/socket_writer.py). When its write buffer is full (the transport paused
 writing), frames wait in the outbox's backlog until it drains; there at most `capacity`
 live frames per subscription may wait. When a new frame would exceed that, an undelivered
 older frame of the same node is dropped (only a node's latest state matters; the client
@@ -22,22 +15,21 @@ sequence of the subscription before the first frame that may not have reached th
 from __future__ import annotations
 
 import asyncio
-import itertools
-import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from actors.messages import Selection
+if TYPE_CHECKING:
+    from gateway.dispatcher import Dispatcher
 
 SLOW_CONSUMER_CODE = 1013  # "Try Again Later"
-_serials = itertools.count(1)
 
 Item = tuple[str, int, bytes]  # node id, sequence, rendered payload
 
 
 class FrameSink(Protocol):
-    """Where an outbox writes: the connection's socket (see gateway/server.py)."""
+    """Where an outbox writes: a WebSocket (gateway/websockets_internals.SocketSink) or an
+    event stream (gateway/sse.py)."""
 
     def writable(self) -> bool:
         """Open, and its write buffer below the high-water mark."""
@@ -259,99 +251,3 @@ class Outbox:
     def waiting(self) -> int:
         """Frames not yet handed to the socket."""
         return len(self._ready) + sum(1 for f in self._backlog or () if f.data is not None)
-
-
-class Dispatcher:
-    """Carries deliveries from actor threads to the loop, one wake-up per burst.
-
-    `submit` appends to a deque (atomic under the GIL) and schedules `_run` only when no run
-    is pending, so a project actor delivering an event to the subscribers of ten
-    connections costs one `call_soon_threadsafe`, not ten. `_run` hands each delivery to its
-    outbox, then flushes every touched outbox once: one socket write per connection per
-    burst, however many frames it got.
-    """
-
-    # Entries handled per loop callback before yielding to sockets and timers.
-    BATCH = 5000
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queue: deque[tuple[Outbox, int, bytes, Sequence[Item] | None, int, bool]] = deque()
-        self._lock = threading.Lock()
-        self._scheduled = False
-
-    def submit(
-        self,
-        outbox: Outbox,
-        serial: int,
-        prefix: bytes,
-        items: Sequence[Item] | None,
-        capacity: int,
-        replay: bool,
-    ) -> None:
-        """From any thread: queue a delivery for the loop (see `Outbox.put`)."""
-        self._queue.append((outbox, serial, prefix, items, capacity, replay))
-        if self._scheduled:
-            return  # the pending run will see it: it resets the flag before draining
-        with self._lock:
-            if self._scheduled:
-                return
-            self._scheduled = True
-        try:
-            self._loop.call_soon_threadsafe(self._run)
-        except RuntimeError:  # the loop is closed: the server has stopped
-            pass
-
-    def _run(self) -> None:
-        with self._lock:
-            self._scheduled = False
-        queue = self._queue
-        touched: list[Outbox] = []
-        for _ in range(min(len(queue), self.BATCH)):
-            outbox, serial, prefix, items, capacity, replay = queue.popleft()
-            outbox.put(serial, prefix, items, capacity, replay)
-            if not outbox.touched:
-                outbox.touched = True
-                touched.append(outbox)
-        for outbox in touched:
-            outbox.flush()
-        if queue:
-            with self._lock:
-                if self._scheduled:
-                    return
-                self._scheduled = True
-            self._loop.call_soon(self._run)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._queue)
-
-
-class SubscriptionMailbox:
-    """A subscription as the project actor sees it (`actors.messages.Subscriber`)."""
-
-    __slots__ = ("key", "selection", "serial", "_outbox", "_prefix", "_capacity", "_on_fail")
-
-    def __init__(
-        self,
-        outbox: Outbox,
-        prefix: bytes,
-        selection: Selection,
-        capacity: int,
-        on_fail: Callable[[list[dict[str, Any]]], None],
-    ) -> None:
-        self.serial = next(_serials)
-        self.key = self.serial
-        self.selection = selection
-        self._outbox = outbox
-        self._prefix = prefix
-        self._capacity = capacity
-        self._on_fail = on_fail
-
-    def deliver(self, items: Sequence[Item], *, replay: bool = False) -> None:
-        self._outbox.dispatcher.submit(
-            self._outbox, self.serial, self._prefix, items, self._capacity, replay
-        )
-
-    def fail(self, errors: list[dict[str, Any]]) -> None:
-        self._on_fail(errors)

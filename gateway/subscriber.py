@@ -1,0 +1,46 @@
+"""A subscription as a project actor sees it (`actors.messages.Subscriber`).
+
+The actor calls `deliver` from its own thread with the items it rendered; the mailbox
+hands them, with the subscription's frame prefix and capacity, to the loop's Dispatcher.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from actors.messages import Selection
+from gateway.outbox import Item, Outbox
+
+_serials = itertools.count(1)
+
+
+class SubscriptionMailbox:
+    """A subscription as the project actor sees it (`actors.messages.Subscriber`)."""
+
+    __slots__ = ("key", "selection", "serial", "_outbox", "_prefix", "_capacity", "_on_fail")
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        prefix: bytes,
+        selection: Selection,
+        capacity: int,
+        on_fail: Callable[[list[dict[str, Any]]], None],
+    ) -> None:
+        self.serial = next(_serials)
+        self.key = self.serial
+        self.selection = selection
+        self._outbox = outbox
+        self._prefix = prefix
+        self._capacity = capacity
+        self._on_fail = on_fail
+
+    def deliver(self, items: Sequence[Item], *, replay: bool = False) -> None:
+        self._outbox.dispatcher.submit(
+            self._outbox, self.serial, self._prefix, items, self._capacity, replay
+        )
+
+    def fail(self, errors: list[dict[str, Any]]) -> None:
+        self._on_fail(errors)
