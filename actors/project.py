@@ -83,10 +83,11 @@ def _item(stream: str, event: dict[str, Any], payload: bytes) -> Item:
 class _Group:
     """Subscribers sharing one selection: one render per event for all of them."""
 
-    __slots__ = ("selection", "subscribers")
+    __slots__ = ("selection", "stream", "subscribers")
 
     def __init__(self, selection: Selection) -> None:
         self.selection = selection
+        self.stream = _stream(selection)  # looked up once, not per event
         self.subscribers: dict[Hashable, Subscriber] = {}
 
 
@@ -288,21 +289,23 @@ class ProjectActor(ShardedActor):
     def _publish(self, message: LoggedChange) -> None:
         # Each stream's events are built once per change, not per group or subscriber,
         # and before the sequence counts as delivered (a failure here hands subscribers
-        # over from the previous sequence, so this change is not lost).
+        # over from the previous sequence, so this change is not lost). Each group's
+        # items are rendered once and the same list goes to every subscriber of it.
         groups = list(self.groups.values())
         by_stream: dict[str, list[dict[str, Any]]] = {}
         for group in groups:
-            stream = _stream(group.selection)
+            stream = group.stream
             if stream not in by_stream:
                 make = self.events_for if stream == "status" else _EVENTS[stream]
                 by_stream[stream] = make(message)
         self.last_sequence = message.sequence
         for group in groups:
-            stream = _stream(group.selection)
+            stream = group.stream
             events = by_stream[stream]
             if not events:
                 continue
-            items = [_item(stream, event, group.selection.render(event)) for event in events]
+            render = group.selection.render
+            items = [_item(stream, event, render(event)) for event in events]
             for subscriber in list(group.subscribers.values()):
                 subscriber.deliver(items)
         if (
@@ -314,7 +317,7 @@ class ProjectActor(ShardedActor):
 
     def _send_presence(self, event: dict[str, Any]) -> None:
         for group in list(self.groups.values()):
-            if _stream(group.selection) != PRESENCE:
+            if group.stream != PRESENCE:
                 continue
             items = [_item(PRESENCE, event, group.selection.render(event))]
             for subscriber in list(group.subscribers.values()):

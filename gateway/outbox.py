@@ -46,6 +46,18 @@ class FrameSink(Protocol):
         ...
 
 
+class Subscription(Protocol):
+    """What `Outbox.put` needs of a subscription (gateway/subscriber.SubscriptionMailbox)."""
+
+    serial: int  # names it in the outbox; 0 is control frames
+    prefix: bytes  # its frames are prefix + payload + b"}"
+    capacity: int  # live frames that may wait behind a paused socket before coalescing
+
+
+def _not_counted(frames: int) -> None:
+    pass
+
+
 class _Frame:
     """A frame waiting in a backlog; `data` None once it has been coalesced away."""
 
@@ -62,8 +74,15 @@ class Outbox:
     """Frames for one connection, written in the order they were produced.
 
     Used on the event loop only (the Dispatcher brings deliveries there), so it needs no
-    lock. `put` and `put_control` queue; `flush` writes what is queued if the socket
+    lock. `put` and `put_frame` queue; `flush` writes what is queued if the socket
     accepts it, or moves it to the backlog and starts one drain task until it does.
+
+    The fast path: whether the socket takes frames is decided once per burst, at its first
+    frame (nothing between the Dispatcher's `put`s and its `flush` of a burst can pause or
+    close the socket: only the loop's I/O callbacks and this outbox's own writes do). Then
+    each frame is one bytes object in a list, written by `flush` in one socket write; the
+    per-frame accounting of the slow path (`_ready` → backlog) is only made for a socket
+    that is paused already.
     """
 
     def __init__(
@@ -73,12 +92,19 @@ class Outbox:
         *,
         on_slow_consumer: Callable[[str], None],
         on_coalesced: Callable[[int], None] = lambda n: None,
-        on_written: Callable[[int], None] = lambda n: None,
+        on_written: Callable[[int], None] = _not_counted,
     ) -> None:
         self.sink = sink
         self.dispatcher = dispatcher
         self.touched = False  # queued frames since the Dispatcher's last flush of it
-        # The fast path, since the last flush: (serial, node id or None, sequence, frame,
+        # Told how many frames were written; by the Dispatcher once per burst for the
+        # fast path, by the drain task for the backlog.
+        self.on_written = on_written
+        # This burst: None until its first frame; True while the socket takes frames
+        # straight away (`_frames`), False if they go the slow way (`_ready`).
+        self._direct: bool | None = None
+        self._frames: list[bytes] = []
+        # The slow path, since the last flush: (serial, node id or None, sequence, frame,
         # capacity); capacity 0 for frames that are never coalesced (control frames, replays).
         self._ready: list[tuple[int, str | None, int, bytes, int]] = []
         # The slow path, while the socket is paused: frames with per-subscription accounting.
@@ -91,7 +117,6 @@ class Outbox:
         self._closed = False
         self._on_slow_consumer = on_slow_consumer
         self._on_coalesced = on_coalesced
-        self._on_written = on_written
 
     # --- producers (the loop) ---------------------------------------------------------
 
@@ -104,28 +129,35 @@ class Outbox:
         if isinstance(data, str):
             data = data.encode()
         if not self._closed:
-            self.dispatcher.submit(self, 0, data, None, 0, True)
+            self.dispatcher.submit_control(self, data)
 
-    def put(
-        self,
-        serial: int,
-        prefix: bytes,
-        items: Sequence[Item] | None,
-        capacity: int,
-        replay: bool,
-    ) -> None:
-        """Queue rendered events for one subscription (`items` None: `prefix` is a whole
-        control frame)."""
+    def put_frame(self, frame: bytes) -> None:
+        """Queue a whole control frame (the Dispatcher's half of `put_control`)."""
+        if self._closed:
+            return
+        if self._direct is None:
+            self._direct = self._drainer is None and self.sink.writable()
+        if self._direct:
+            self._frames.append(frame)
+        elif self._drainer is None:
+            self._ready.append((0, None, 0, frame, 0))
+        else:
+            self._backlog_append(0, None, 0, frame, 0)
+
+    def put(self, subscription: Subscription, items: Sequence[Item], replay: bool) -> None:
+        """Queue rendered events for one subscription: `prefix + payload + b"}"` each."""
+        serial = subscription.serial
         if self._closed or serial in self._dropped:
             return
-        if items is None:
-            if self._drainer is None:
-                self._ready.append((0, None, 0, prefix, 0))
-            else:
-                self._backlog_append(0, None, 0, prefix, 0)
+        if self._direct is None:
+            self._direct = self._drainer is None and self.sink.writable()
+        prefix = subscription.prefix
+        if self._direct:
+            append = self._frames.append
+            for item in items:
+                append(prefix + item[2] + b"}")
             return
-        if replay:
-            capacity = 0
+        capacity = 0 if replay else subscription.capacity
         if self._drainer is None:
             ready = self._ready
             for node_id, sequence, payload in items:
@@ -136,21 +168,33 @@ class Outbox:
                 if not self._backlog_append(serial, node_id, sequence, frame, capacity):
                     break
 
-    def flush(self) -> None:
-        """Write what `put` queued, or keep it in the backlog while the socket is paused."""
+    def flush(self) -> int:
+        """Write what `put` queued, or keep it in the backlog while the socket is paused.
+
+        Returns how many frames it wrote (the Dispatcher counts them once per burst).
+        """
         self.touched = False
+        self._direct = None
+        frames = self._frames
+        if frames:
+            self._frames = []
+            if self._closed:
+                return 0
+            self.sink.write(frames)  # the socket took frames at the burst's start
+            return len(frames)
         ready, self._ready = self._ready, []
         if not ready or self._closed:
-            return
+            return 0
         if self._drainer is None and self.sink.writable():
-            self._write([frame for _serial, _node, _sequence, frame, _capacity in ready])
-            return
+            self.sink.write([frame for _serial, _node, _sequence, frame, _capacity in ready])
+            return len(ready)
         if not self.sink.is_open():
-            return  # closing: nothing more will be written
+            return 0  # closing: nothing more will be written
         for serial, node_id, sequence, frame, capacity in ready:
             self._backlog_append(serial, node_id, sequence, frame, capacity)
         if self._drainer is None and self._backlog:
             self._drainer = asyncio.ensure_future(self._drain())
+        return 0
 
     def _backlog_append(
         self, serial: int, node_id: str | None, sequence: int, data: bytes, capacity: int
@@ -222,7 +266,7 @@ class Outbox:
 
     def _write(self, frames: list[bytes]) -> None:
         self.sink.write(frames)
-        self._on_written(len(frames))
+        self.on_written(len(frames))
 
     def _clear_backlog(self) -> None:
         self._backlog = None
@@ -238,11 +282,14 @@ class Outbox:
             if frame.serial == serial:
                 frame.data = None
         self._ready = [entry for entry in self._ready if entry[0] != serial]
+        # `_frames` holds nothing between bursts (a burst's puts and flush are one loop
+        # callback), so there is nothing of `serial` there to drop.
 
     def close(self) -> None:
         """The connection is gone: drop everything, end the drain task."""
         self._closed = True
         self._ready = []
+        self._frames = []
         self._clear_backlog()
         if self._drainer is not None:
             self._drainer.cancel()
@@ -250,4 +297,5 @@ class Outbox:
     @property
     def waiting(self) -> int:
         """Frames not yet handed to the socket."""
-        return len(self._ready) + sum(1 for f in self._backlog or () if f.data is not None)
+        backlog = sum(1 for f in self._backlog or () if f.data is not None)
+        return len(self._frames) + len(self._ready) + backlog

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.http import HttpConnection, HttpStream
-from gateway.outbox import Item, Outbox
+from gateway.outbox import Item, Outbox, Subscription
 from gateway.subscriber import SubscriptionMailbox
 
 if TYPE_CHECKING:
@@ -77,27 +77,26 @@ class SseSink:
 class SseOutbox(Outbox):
     """An Outbox whose subscription frames are SSE `next` events with `id: <sequence>`."""
 
-    def put(
-        self,
-        serial: int,
-        prefix: bytes,
-        items: Sequence[Item] | None,
-        capacity: int,
-        replay: bool,
-    ) -> None:
-        if items is None:
-            super().put(serial, prefix, None, capacity, replay)
-            return
+    def put(self, subscription: Subscription, items: Sequence[Item], replay: bool) -> None:
+        serial = subscription.serial
         if self._closed or serial in self._dropped:
             return
-        if replay:
-            capacity = 0
+        capacity = 0 if replay else subscription.capacity
         for node_id, sequence, payload in items:
             frame = next_event(payload, sequence)
             if self._drainer is None:
                 self._ready.append((serial, node_id, sequence, frame, capacity))
             elif not self._backlog_append(serial, node_id, sequence, frame, capacity):
                 break
+
+    def put_frame(self, frame: bytes) -> None:
+        """Control frames the slow way too, so they stay in order with `put`'s."""
+        if self._closed:
+            return
+        if self._drainer is None:
+            self._ready.append((0, None, 0, frame, 0))
+        else:
+            self._backlog_append(0, None, 0, frame, 0)
 
 
 class SseSubscription(HttpStream):

@@ -1,7 +1,8 @@
 """A subscription as a project actor sees it (`actors.messages.Subscriber`).
 
 The actor calls `deliver` from its own thread with the items it rendered; the mailbox
-hands them, with the subscription's frame prefix and capacity, to the loop's Dispatcher.
+hands them to the loop's Dispatcher, and there its connection's Outbox frames them with
+the subscription's `prefix` and keeps at most `capacity` of them behind a paused socket.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ _serials = itertools.count(1)
 class SubscriptionMailbox:
     """A subscription as the project actor sees it (`actors.messages.Subscriber`)."""
 
-    __slots__ = ("key", "selection", "serial", "_outbox", "_prefix", "_capacity", "_on_fail")
+    __slots__ = ("key", "selection", "serial", "prefix", "capacity", "_outbox", "_on_fail")
 
     def __init__(
         self,
@@ -29,18 +30,17 @@ class SubscriptionMailbox:
         capacity: int,
         on_fail: Callable[[list[dict[str, Any]]], None],
     ) -> None:
-        self.serial = next(_serials)
+        self.serial = next(_serials)  # the outbox's name for it (0 is control frames)
         self.key = self.serial
         self.selection = selection
+        self.prefix = prefix  # a frame is prefix + payload + b"}"
+        self.capacity = capacity  # live frames that may wait behind a paused socket
         self._outbox = outbox
-        self._prefix = prefix
-        self._capacity = capacity
         self._on_fail = on_fail
 
     def deliver(self, items: Sequence[Item], *, replay: bool = False) -> None:
-        self._outbox.dispatcher.submit(
-            self._outbox, self.serial, self._prefix, items, self._capacity, replay
-        )
+        outbox = self._outbox
+        outbox.dispatcher.submit(outbox, self, items, replay)
 
     def fail(self, errors: list[dict[str, Any]]) -> None:
         self._on_fail(errors)

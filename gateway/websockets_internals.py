@@ -36,6 +36,10 @@ from gateway.http import MAX_HEAD_BYTES, UPGRADE, Handler, HttpConnection
 _FIN_TEXT = 0x81  # FIN bit + opcode 1 (text); server frames are never masked
 _HEAD_16 = struct.Struct("!BBH")
 _HEAD_64 = struct.Struct("!BBQ")
+_OPEN = State.OPEN  # an enum member's lookup costs a few hundred ns on Python 3.11
+# Headers of the frame lengths seen, made once each: a fan-out writes the same few
+# hundred lengths again and again (bounded: at most one per length below 64 KiB).
+_HEADERS: dict[int, bytes] = {}
 
 
 def text_frame_header(length: int) -> bytes:
@@ -65,21 +69,30 @@ class SocketSink:
             raise ValueError("SocketSink frames by hand: WebSocket extensions must be off")
 
     def writable(self) -> bool:
-        return self.ws.protocol.state is State.OPEN and not self.ws.paused
+        ws = self.ws
+        return ws.protocol.state is _OPEN and not ws.paused
 
     def is_open(self) -> bool:
-        return self.ws.protocol.state is State.OPEN
+        return self.ws.protocol.state is _OPEN
 
     def write(self, frames: list[bytes]) -> None:
         ws = self.ws
         protocol = ws.protocol
-        if protocol.state is not State.OPEN or protocol.expect_continuation_frame:
+        if protocol.state is not _OPEN or protocol.expect_continuation_frame:
             return  # closing: the close handshake is the last thing to send
         # Open state: the library's queued chunks (if any) are bytes, no end-of-stream.
         chunks = protocol.data_to_send()
+        append = chunks.append
+        headers = _HEADERS
         for frame in frames:
-            chunks.append(text_frame_header(len(frame)))
-            chunks.append(frame)
+            length = len(frame)
+            header = headers.get(length)
+            if header is None:
+                header = text_frame_header(length)
+                if length < 65536:
+                    headers[length] = header
+            append(header)
+            append(frame)
         ws.transport.write(b"".join(chunks))
 
     async def drained(self) -> None:
