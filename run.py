@@ -237,9 +237,12 @@ async def start_or_explain(factory: Callable[..., Any], config: Any) -> Any:
 
 
 async def serve_until_signalled(config: Any) -> None:
+    from gateway import collector
     from gateway.app import App
 
+    threshold = env_default("GC_THRESHOLD", collector.SERVING_THRESHOLD, collector.gc_threshold)
     app = await start_or_explain(App, config)
+    collector.settle(threshold)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
