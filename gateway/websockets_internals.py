@@ -28,7 +28,6 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
-from websockets.http11 import Request
 from websockets.protocol import State
 
 from gateway.http import MAX_HEAD_BYTES, UPGRADE, Handler, HttpConnection
@@ -175,10 +174,14 @@ def front_door(handler: Handler, max_body: int, open_timeout: float = 10.0) -> t
 
 
 def forget_handshake(ws: ServerConnection) -> None:
-    """Drop the handshake's request and response once the connection is open.
+    """Drop the handshake's headers once the connection is open (~2 KiB per socket).
 
-    websockets checks `request is not None` to know the handshake is done: keep one, empty.
+    The request's headers are emptied in place: the protocol's parser (a generator
+    suspended in `ServerProtocol.parse`, where the request is a local variable) holds the
+    same Request object for the life of the connection, so replacing `ws.request` alone
+    would keep them. websockets checks `request is not None` to know the handshake is
+    done: the object stays, with its path and no headers.
     """
     if ws.request is not None:
-        ws.request = Request(ws.request.path, Headers())
+        ws.request.headers = Headers()
     ws.response = None
