@@ -54,6 +54,9 @@ class Subscription(Protocol):
     capacity: int  # live frames that may wait behind a paused socket before coalescing
 
 
+_NO_SERIALS: frozenset[int] = frozenset()
+
+
 def _not_counted(frames: int) -> None:
     pass
 
@@ -113,7 +116,9 @@ class Outbox:
         self._by_node: dict[tuple[int, str], deque[_Frame]] = {}
         self._dead = 0  # coalesced frames still in _backlog
         self._drainer: asyncio.Task[None] | None = None
-        self._dropped: set[int] = set()
+        # Subscriptions whose frames are no longer sent; the shared empty set until the
+        # first (a set is 216 bytes, and most connections never need one).
+        self._dropped: set[int] | frozenset[int] = _NO_SERIALS
         self._closed = False
         self._on_slow_consumer = on_slow_consumer
         self._on_coalesced = on_coalesced
@@ -211,7 +216,7 @@ class Outbox:
             if pending >= capacity:
                 older = self._by_node.get((serial, node_id))
                 if not older:
-                    self._dropped.add(serial)  # nothing after a lost frame
+                    self._drop_serial(serial)  # nothing after a lost frame
                     self._on_slow_consumer(
                         f"subscriber too slow: more than {capacity} events waiting; "
                         f"resubscribe with afterSequence: {self._resume_point(serial, sequence)}"
@@ -268,6 +273,11 @@ class Outbox:
         self.sink.write(frames)
         self.on_written(len(frames))
 
+    def _drop_serial(self, serial: int) -> None:
+        if not self._dropped:
+            self._dropped = set()
+        self._dropped.add(serial)  # type: ignore[union-attr]
+
     def _clear_backlog(self) -> None:
         self._backlog = None
         self._pending.clear()
@@ -276,7 +286,7 @@ class Outbox:
 
     def drop(self, serial: int) -> None:
         """The subscription ended: its waiting frames will not be sent."""
-        self._dropped.add(serial)
+        self._drop_serial(serial)
         self._pending.pop(serial, None)
         for frame in self._backlog or ():
             if frame.serial == serial:
