@@ -158,9 +158,15 @@ class StateStore:
         stamp = queries.rfc3339(now) or ""
         with self.db.write() as s:
             recorded = queries.record_data_source_states(s, changes, now)
-            for project_id, sequence, _source, _payload, _nodes in recorded:
-                if sequence % PRUNE_EVERY == 0 or self.retention < PRUNE_EVERY:
-                    queries.prune_events(s, project_id, self.retention)
+            # Pruned as `_log` does (when a sequence reaches a multiple of PRUNE_EVERY), all
+            # in one statement, each project as of its newest sequence in the batch.
+            newest = {project_id: sequence for project_id, sequence, *_ in recorded}
+            due = {
+                project_id: newest[project_id]
+                for project_id, sequence, *_ in recorded
+                if sequence % PRUNE_EVERY == 0 or self.retention < PRUNE_EVERY
+            }
+            queries.prune_events_upto(s, due, self.retention)
         carried_of: dict[int, tuple[tuple[str, str], ...]] = {}
         messages = []
         for project_id, sequence, source_id, payload, nodes in recorded:

@@ -788,11 +788,12 @@ class _GroupCommitSql:
     update_project: str
     insert_event: str
     update_source: str
+    prune: str
 
 
 @functools.cache
 def _group_commit_sql(dialect: Dialect) -> _GroupCommitSql:
-    """The three statements in the driver's own placeholder style ("?" or "%s")."""
+    """The group commit's statements in the driver's own placeholder style ("?" or "%s")."""
     p = "?" if dialect.paramstyle in ("qmark", "numeric") else "%s"
     payload = p if dialect.name == "sqlite" else f"CAST({p} AS JSONB)"
     return _GroupCommitSql(
@@ -806,10 +807,31 @@ def _group_commit_sql(dialect: Dialect) -> _GroupCommitSql:
             f"UPDATE {DataSource.__tablename__} SET status = {p}, execution_state = {p}, "
             f"error_message = {p}, processed_at = {p}, updated_at = {p} WHERE id = {p}"
         ),
+        prune=(
+            f"DELETE FROM {ExecutionEvent.__tablename__} WHERE project_id = {p} AND sequence <= {p}"
+        ),
+    )
+
+
+def prune_events_upto(s: Session, newest: dict[int, int], keep: int) -> None:
+    """`prune_events` for many projects in one statement (the group commit's), each given
+    its newest sequence, which the caller knows: project id → newest sequence."""
+    if not newest:
+        return
+    conn = s.connection()
+    conn.exec_driver_sql(
+        _group_commit_sql(conn.dialect).prune,
+        [(project_id, sequence - keep) for project_id, sequence in newest.items()],
     )
 
 
 def _datetime_param(dialect: Dialect, value: datetime) -> Any:
     """`value` as the DateTime columns' bind processor hands it to this driver."""
-    processor = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+    processor = _datetime_processor(dialect)
     return processor(value) if processor is not None else value
+
+
+@functools.cache
+def _datetime_processor(dialect: Dialect) -> Any:
+    """Made once per dialect: building the type's processor costs ~0.2 ms a batch."""
+    return DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)

@@ -162,6 +162,54 @@ def test_load_goes_through_the_state_store_and_says_where_its_time_goes(
     assert loadgen.timings.max_lag_seconds >= 0
 
 
+def test_group_commit_prunes_every_prune_every_events_in_one_statement(any_db_url: str) -> None:
+    """Retention above PRUNE_EVERY: a batch that carries a project's sequence past a
+    multiple of PRUNE_EVERY leaves exactly its newest `retention` events, on both
+    databases (the batch's prune is one executemany of driver SQL)."""
+    from sqlalchemy import func, select
+
+    from actors.state import PRUNE_EVERY
+    from storage.models import ExecutionEvent, utcnow
+
+    db = Database(any_db_url)
+    db.create_schema()
+    try:
+        sources = LoadGenerator(StateStore(db), CountingBus()).prepare(2)  # type: ignore[arg-type]
+        retention = PRUNE_EVERY + 10
+        store = StateStore(db, retention=retention)
+        state = {
+            "filename": "load.csv",
+            "status": "processing",
+            "processedAt": None,
+            "executionState": "processing",
+            "errorMessage": None,
+        }
+
+        def batch(count: int) -> None:
+            store.data_source_states(
+                [(pid, sources[pid], {**state, "dataSourceId": sources[pid]}) for pid in (1, 2)]
+                * count,
+                utcnow(),
+            )
+
+        def kept(project_id: int) -> tuple[int, int]:
+            with db.read() as s:
+                return s.execute(
+                    select(func.count(), func.min(ExecutionEvent.sequence)).where(
+                        ExecutionEvent.project_id == project_id
+                    )
+                ).one()  # type: ignore[return-value]
+
+        batch(PRUNE_EVERY - 5)  # no multiple of PRUNE_EVERY reached: nothing pruned
+        assert kept(1) == (PRUNE_EVERY - 5, 1)
+        batch(3 * PRUNE_EVERY)  # reaches 2×, 3× PRUNE_EVERY; ends at 4×PRUNE_EVERY - 5
+        newest = 4 * PRUNE_EVERY - 5
+        assert kept(1) == (retention, newest - retention + 1)
+        assert kept(2) == (retention, newest - retention + 1)
+    finally:
+        db.dispose()
+
+
 def test_state_store_group_commit_resolves_prunes_and_orders(sqlite_url: str) -> None:
     from sqlalchemy import func, select
 
