@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from actors.events import node_events
 from actors.messages import (
@@ -53,7 +53,16 @@ log = logging.getLogger(__name__)
 REPLAY_PAGE = 1000
 ACTOR_DEADLINE = 0.5  # seconds an actor retries a read before the supervisor takes over
 
-Item = tuple[str, int, bytes]  # (node id, sequence, rendered payload)
+
+class Item(NamedTuple):
+    """One rendered event for a subscriber's mailbox (a tuple, as `Subscriber.deliver`
+    takes). Made once per event per selection, shared by all its subscribers, so naming it
+    costs nothing per delivery."""
+
+    coalesce_key: str  # a status event's node id: a slow mailbox keeps its latest only
+    sequence: int  # 0 for presence (never counted as a gap)
+    payload: bytes  # the rendered `next` payload ({"data": ...})
+
 
 PRESENCE = "presence"
 # What each stream makes of a logged change (plan streams: one event per plan edit).
@@ -74,10 +83,10 @@ def _item(stream: str, event: dict[str, Any], payload: bytes) -> Item:
     never coalesce (a key of their own), so a watcher that falls more than the mailbox's
     capacity behind is closed and resumes with afterSequence."""
     if stream == "status":
-        return (event["nodeId"], event["sequence"], payload)
+        return Item(event["nodeId"], event["sequence"], payload)
     if stream == PRESENCE:
-        return ("user:" + event["userId"], 0, payload)
-    return (f"#{event['sequence']}", event["sequence"], payload)
+        return Item("user:" + event["userId"], 0, payload)
+    return Item(f"#{event['sequence']}", event["sequence"], payload)
 
 
 class _Group:
@@ -480,7 +489,7 @@ class ProjectActor(ShardedActor):
         items: list[Item] = []
         for change in changes:
             for event in node_events(change):
-                items.append((event["nodeId"], event["sequence"], selection.render(event)))
+                items.append(Item(event["nodeId"], event["sequence"], selection.render(event)))
         return items
 
     def _from_entity_row(

@@ -228,7 +228,13 @@ def main(argv: Iterable[str] | None = None) -> int:
     stacks = read_collapsed(raw)
     (args.out / f"profile-{args.name}.svg").write_text(flame_svg(stacks, f"{args.name}: {title}"))
     table = stage_table(stacks)
-    (args.out / f"profile-{args.name}.md").write_text(f"# {args.name}: {title}\n\n{table}")
+    load = raw.with_suffix(".load.txt")
+    run = (
+        f"The load test's report of the run:\n\n```\n{load.read_text()}```\n"
+        if load.exists()
+        else ""
+    )
+    (args.out / f"profile-{args.name}.md").write_text(f"# {args.name}: {title}\n\n{table}\n{run}")
     print(table)
     return 0
 
@@ -269,6 +275,8 @@ def record(args: argparse.Namespace, raw: Path) -> int:
             ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            text=True,
         )
         if not _wait_for_load(server, loadtest):
             print("the load never started", file=sys.stderr)
@@ -294,7 +302,9 @@ def record(args: argparse.Namespace, raw: Path) -> int:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        loadtest.wait()
+        report, _ = loadtest.communicate()
+        print(report)
+        (raw.with_suffix(".load.txt")).write_text(report)
     finally:
         server.stop()
     return 0
