@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
 import shutil
 import subprocess
@@ -117,20 +118,27 @@ def read_collapsed(path: Path) -> Counter[tuple[str, ...]]:
     return stacks
 
 
-def stage_table(stacks: Counter[tuple[str, ...]]) -> str:
-    """A Markdown table: share of samples by stage, and by thread."""
+def stage_table(stacks: Counter[tuple[str, ...]], possible: int | None = None) -> str:
+    """A Markdown table: share of samples by stage, and by thread; with `possible` (the
+    samples a thread holding the GIL all the time would give: rate × seconds), also the
+    share of one core, which compares across runs where the shares do not."""
     by_stage: Counter[str] = Counter()
     by_thread: Counter[str] = Counter()
     for stack, count in stacks.items():
         by_stage[stage_of(list(stack))] += count
         by_thread[thread_of(stack)] += count
     total = sum(by_stage.values()) or 1
-    lines = [f"{total:,} GIL samples", "", "| stage | share |", "|---|---|"]
-    for stage, count in by_stage.most_common():
-        lines.append(f"| {stage} | {100 * count / total:.1f} % |")
-    lines += ["", "| thread | share |", "|---|---|"]
-    for thread, count in by_thread.most_common(8):
-        lines.append(f"| {thread} | {100 * count / total:.1f} % |")
+
+    def row(name: str, count: int) -> str:
+        core = f" {100 * count / possible:.1f} % |" if possible else ""
+        return f"| {name} | {100 * count / total:.1f} % |{core}"
+
+    head = "| share | of one core |\n|---|---|---|" if possible else "| share |\n|---|---|"
+    held = f" (the GIL held {100 * total / possible:.0f} % of the time)" if possible else ""
+    lines = [f"{total:,} GIL samples{held}", "", f"| stage {head}"]
+    lines += [row(stage, count) for stage, count in by_stage.most_common()]
+    lines += ["", f"| thread {head}"]
+    lines += [row(thread, count) for thread, count in by_thread.most_common(8)]
     return "\n".join(lines) + "\n"
 
 
@@ -226,8 +234,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         if code:
             return code
     stacks = read_collapsed(raw)
+    meta = raw.with_suffix(".meta.json")
+    possible = json.loads(meta.read_text())["possible_samples"] if meta.exists() else None
     (args.out / f"profile-{args.name}.svg").write_text(flame_svg(stacks, f"{args.name}: {title}"))
-    table = stage_table(stacks)
+    table = stage_table(stacks, possible)
     load = raw.with_suffix(".load.txt")
     run = (
         f"The load test's report of the run:\n\n```\n{load.read_text()}```\n"
@@ -282,6 +292,8 @@ def record(args: argparse.Namespace, raw: Path) -> int:
             print("the load never started", file=sys.stderr)
             return 1
         duration = max(1, int(args.seconds) - 2)
+        meta = {"possible_samples": duration * args.samples_per_second, "seconds": duration}
+        raw.with_suffix(".meta.json").write_text(json.dumps(meta) + "\n")
         subprocess.run(
             [
                 py_spy,
