@@ -4,8 +4,8 @@ CPython collects its youngest generation every 700 net new container objects, an
 oldest whenever enough have survived; each full collection walks every object the process
 holds. A gateway holds ~100,000 of them from startup alone (graphql-core's schema,
 SQLAlchemy's metadata, the modules) and makes container objects for every event
-(deliveries, envelopes, event dicts), so under load the collector ran ~90 young
-collections a second and full ones that each held the GIL for 100–150 ms: a pause every
+(deliveries, envelopes, event dicts), so under load the collector ran hundreds of young
+collections per run, and full ones of ~115 ms of CPU each with the GIL held: a pause every
 subscriber sees in its p99 (measured with a gc callback during `run.py loadtest
 --connections 1000 --projects 100 --rate 4000`; bench/README.md, "Issue 16 item 1").
 
