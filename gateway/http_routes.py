@@ -8,6 +8,7 @@ upgrades never come here (gateway/server.py and gateway/connection.py take those
 from __future__ import annotations
 
 import asyncio
+import os
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -260,6 +261,7 @@ class HttpRoutes:
             "bus": {"ok": bus},
             "connections": len(self.gateway.connections),
             "projectActors": self.gateway.services.hub.actor_count,
+            "pid": os.getpid(),  # which process answered (`serve --processes N`)
         }
         status = HTTPStatus.OK if database and bus else HTTPStatus.SERVICE_UNAVAILABLE
         return _response(status, orjson.dumps(body), "application/json")

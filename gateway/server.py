@@ -64,6 +64,8 @@ class GatewayConfig:
     auth: bool | None = None
     worker_threads: int = 8
     open_timeout: float = 10.0
+    # SO_REUSEPORT: several processes listen on one port (`serve --processes N`).
+    reuse_port: bool = False
 
 
 class Gateway:
@@ -120,6 +122,7 @@ class Gateway:
             # before websockets reads it; it applies the WebSocket open timeout itself.
             create_connection=self._front_door,
             open_timeout=None,
+            reuse_port=self.config.reuse_port,
         )
         return self.server
 
