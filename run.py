@@ -300,7 +300,7 @@ def serve_processes(config: Any) -> int:
     config.gateway.port = reserved.getsockname()[1]
     config.gateway.reuse_port = True
     log.info(
-        "planpulse: %d gateway processes on ws://%s:%d/graphql (mode %s)",
+        "%d gateway processes on ws://%s:%d/graphql (mode %s)",
         config.processes,
         config.gateway.host,
         config.gateway.port,
