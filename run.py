@@ -250,9 +250,10 @@ async def start_or_explain(factory: Callable[..., Any], config: Any) -> Any:
 
 
 async def serve_until_signalled(config: Any, on_ready: Callable[[], None] | None = None) -> None:
-    from gateway.app import App
+    from gateway.app import App, hooks_from_test_env
 
-    app = await start_or_explain(App, config)
+    before_node = hooks_from_test_env().get("before_node")  # a test's pause, else None
+    app = await start_or_explain(lambda c: App(c, before_node=before_node), config)
     if on_ready is not None:
         on_ready()
     stop = asyncio.Event()

@@ -185,7 +185,8 @@ TEST_HOOK_VARIABLES = ("PLANPULSE_TEST_PAUSE_NODE", "PLANPULSE_TEST_DROP_PUBLISH
 
 
 def hooks_from_test_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """The hooks the multi-process tests set through PLANPULSE_TEST_* (tests/hooks.py);
+    """The hooks the multi-process tests set through PLANPULSE_TEST_* (tests/hooks.py):
+    keyword arguments for build_worker (`before_node`, `wrap_bus`; App takes `before_node`);
     {} unless one is set. They live in tests/, which a production install does not have."""
     asked = [name for name in TEST_HOOK_VARIABLES if environ.get(name)]
     if not asked:

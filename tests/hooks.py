@@ -1,7 +1,8 @@
 """Test hooks for real processes, set through PLANPULSE_TEST_* variables.
 
 The composition root (gateway/app.hooks_from_test_env) imports this module only when one of
-those variables is set, so that no production module carries them. `run.py worker` reads:
+those variables is set, so that no production module carries them. `run.py worker` reads
+both; `run.py serve` (each of its processes) reads PLANPULSE_TEST_PAUSE_NODE:
 
 PLANPULSE_TEST_PAUSE_NODE=<node id>: the worker waits before running that node, until the
   file named by PLANPULSE_TEST_RELEASE_FILE exists (forever if unset): the test can then

@@ -20,12 +20,16 @@ from typing import Any
 
 import pytest
 
+from actors.bus import InProcessBus
+from actors.state import StateStore
+from actors.work_queue import WorkQueue
 from gateway.app import Deployment, DeploymentError, Mode, decide, hooks_from_test_env
 from storage.db import Database
 from tests.cluster import REDIS_URL, free_port, healthz
 from tests.conftest import need_server
 from tests.helpers import async_wait_until, client, request, wait_until
-from tests.test_multiprocess import build_plan, collect, logged_events, run_over
+from tests.plan_helpers import assert_legal, states_by_node
+from tests.test_multiprocess import build_plan, collect, logged_events, node_state, run_over
 from tests.wsclient import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +145,13 @@ def test_a_child_that_cannot_start_stops_them_all(tmp_path: Path) -> None:
 class Served:
     """A `run.py serve --processes N` parent, its log, and its children as /healthz sees them."""
 
-    def __init__(self, database_url: str, workdir: Path, processes: int = 2) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        workdir: Path,
+        processes: int = 2,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.prefix = f"pptest{os.urandom(5).hex()}"
         self.bus_url = f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix={self.prefix}"
         self.port = free_port()
@@ -163,7 +173,7 @@ class Served:
                     self.bus_url,
                 ],
                 cwd=workdir,
-                env={**environment, "PYTHONUNBUFFERED": "1"},
+                env={**environment, **(env or {}), "PYTHONUNBUFFERED": "1"},
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -340,3 +350,58 @@ def test_children_stop_when_the_parent_is_killed(served: Served) -> None:
     while any(alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(c) for c in children), "orphaned gateway processes"
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.timeout(180)
+def test_the_run_of_a_killed_child_is_finished_by_another_once(
+    pg_url: str, db: Database, tmp_path: Path
+) -> None:
+    """Each child's executors consume the queue: the child holding a run is killed with
+    `graph` in processing; another child claims the request (attempt 2) and finishes it,
+    and a subscriber on a live process sees the whole run from the log to the end."""
+    release = tmp_path / "release"
+    hold = {"PLANPULSE_TEST_PAUSE_NODE": "graph", "PLANPULSE_TEST_RELEASE_FILE": str(release)}
+    served = Served(pg_url, tmp_path, env=hold)
+    try:
+        served.wait_for("all 2 gateway processes ready")
+        pid, node_ids = build_plan(db)
+        WorkQueue(StateStore(db), InProcessBus()).run_plan(pid)  # as a gateway's mutation
+        wait_until(lambda: node_state(db, pid, "graph") == "processing", timeout=20)
+        took = rf"worker \S+:(\d+): took request \d+ \(run the plan of project {pid}, attempt"
+        holder = int(re.findall(took + " 1", served.output())[0])
+        assert holder in started_pids(served.output())
+        os.kill(holder, signal.SIGKILL)
+        served.wait_for(f"(pid {holder}) died (killed by SIGKILL): starting a new one")
+        release.touch()
+        wait_until(lambda: run_over(db, pid, node_ids), timeout=30, what="the run to end")
+        assert {node_state(db, pid, n) for n in node_ids} == {"completed"}
+        states = states_by_node(db, pid)
+        assert_legal(states)
+        assert states["graph"] == [
+            "pending",
+            "processing",  # in the killed child
+            "not_started",  # settled by the child that claimed it again
+            "pending",
+            "processing",
+            "completed",
+        ]
+        second = [int(p) for p in re.findall(took + " 2", served.output())]
+        assert len(second) == 1 and second[0] != holder, served.output()
+
+        seen: list[tuple[int, str, str]] = []
+        expected = logged_events(db, pid)
+
+        async def watch() -> None:
+            watcher = asyncio.ensure_future(collect(served.url, pid, seen))
+            try:
+                await async_wait_until(lambda: len(seen) >= len(expected), timeout=20)
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+        asyncio.run(watch())
+        assert seen == expected
+    finally:
+        served.close()
