@@ -20,8 +20,9 @@ from actors.redis_bus import RedisBus, bus_from_url
 from actors.runtime import DEFAULT_THREADS, ShardedActor
 from actors.state import DEFAULT_RETENTION, StateStore
 from actors.work_queue import QueueWorker, WorkQueue
-from gateway.schema import Services, make_schema
+from gateway.schema import make_schema
 from gateway.server import Gateway, GatewayConfig
+from gateway.services import Services
 from storage.db import DEFAULT_DATABASE_URL, DEFAULT_DATABASE_WAIT, open_database
 
 log = logging.getLogger(__name__)
