@@ -22,7 +22,7 @@ from sqlalchemy import func, insert, select, text
 
 from actors.bus import Bus
 from actors.state import StateStore
-from storage import queries
+from storage import payloads, queries
 from storage.models import DataSource, PlanDagNode, Project, utcnow
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class LoadExecutor(pykka.ThreadingActor):
 
     def _persist_and_publish(self, project_ids: tuple[int, ...]) -> None:
         now = utcnow()
-        stamp = queries.rfc3339(now) or ""
+        stamp = payloads.rfc3339(now) or ""
         changes = []
         for project_id in project_ids:
             source_id = self.sources[project_id]

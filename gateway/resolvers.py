@@ -32,7 +32,7 @@ from gateway.shapes import (
     node_execution_states,
     project_dict,
 )
-from storage import queries
+from storage import payloads, queries
 from storage.models import PlanDagEdge, utcnow
 
 MAX_EVENTS_PAGE = 1000
@@ -179,7 +179,7 @@ def resolve_add_node(
         result = node_dict(row, node_execution_states(s, projectId, [row])[row.id])
         at = plan_edits.node_index(s, projectId, row.id)
         patch = [{"op": "add", "path": f"/nodes/{at}", "value": result}]
-        change = with_patch(queries.node_change("added", row), _user(ctx), patch)
+        change = with_patch(payloads.node_change("added", row), _user(ctx), patch)
         logged = store.plan_edit(s, projectId, change, names_source_of=row)
     _publish(ctx, logged)
     return result
@@ -198,7 +198,7 @@ def resolve_update_node(
         result = node_dict(row, node_execution_states(s, projectId, [row])[row.id])
         at = plan_edits.node_index(s, projectId, row.id)
         patch = [{"op": "replace", "path": f"/nodes/{at}", "value": result}]
-        change = with_patch(queries.node_change("updated", row), _user(ctx), patch)
+        change = with_patch(payloads.node_change("updated", row), _user(ctx), patch)
         # Announce the source only to a node that names it anew (not on a label edit).
         newly = row if named_source(row) != named_before else None
         logged = store.plan_edit(s, projectId, change, names_source_of=newly)
@@ -222,10 +222,10 @@ def resolve_delete_node(_root: Any, info: GraphQLResolveInfo, projectId: int, no
             at = edge_ids.index(edge.id)
             edge_ids.pop(at)
             patch = [{"op": "remove", "path": f"/edges/{at}"}]
-            change = with_patch(queries.edge_change("removed", edge), _user(ctx), patch)
+            change = with_patch(payloads.edge_change("removed", edge), _user(ctx), patch)
             logged += store.plan_edit(s, projectId, change)
         patch = [{"op": "remove", "path": f"/nodes/{plan_edits.node_index(s, projectId, nodeId)}"}]
-        change = with_patch(queries.node_change("removed", row), _user(ctx), patch)
+        change = with_patch(payloads.node_change("removed", row), _user(ctx), patch)
         queries.delete_node(s, projectId, nodeId)
         logged += store.plan_edit(s, projectId, change)
     _publish(ctx, logged)
@@ -250,7 +250,7 @@ def resolve_add_edge(
         result = edge_dict(row)
         at = plan_edits.edge_index(s, projectId, row.id)
         patch = [{"op": "add", "path": f"/edges/{at}", "value": result}]
-        change = with_patch(queries.edge_change("added", row), _user(ctx), patch)
+        change = with_patch(payloads.edge_change("added", row), _user(ctx), patch)
         logged = ctx.services.store.plan_edit(s, projectId, change)
     _publish(ctx, logged)
     return result
@@ -265,7 +265,7 @@ def resolve_delete_edge(_root: Any, info: GraphQLResolveInfo, projectId: int, ed
         if row is None:
             return False
         patch = [{"op": "remove", "path": f"/edges/{plan_edits.edge_index(s, projectId, edgeId)}"}]
-        change = with_patch(queries.edge_change("removed", row), _user(ctx), patch)
+        change = with_patch(payloads.edge_change("removed", row), _user(ctx), patch)
         queries.delete_edge(s, projectId, edgeId)
         logged = ctx.services.store.plan_edit(s, projectId, change)
     _publish(ctx, logged)
@@ -320,7 +320,7 @@ def _move(
                     "value": {"x": row.position_x, "y": row.position_y},
                 },
             ]
-            change = with_patch(queries.node_change("moved", row), _user(ctx), patch)
+            change = with_patch(payloads.node_change("moved", row), _user(ctx), patch)
             logged += ctx.services.store.plan_edit(s, project_id, change)
             results.append(node_dict(row, node_execution_states(s, project_id, [row])[row.id]))
     _publish(ctx, logged)
@@ -348,7 +348,7 @@ def resolve_update_plan_metadata(
         except queries.InvalidInput as error:
             raise GraphQLError(str(error), extensions={"code": "BAD_USER_INPUT"}) from error
         patch = [{"op": "replace", "path": "/metadata", "value": result}]
-        change = with_patch(queries.metadata_change(result), _user(ctx), patch)
+        change = with_patch(payloads.metadata_change(result), _user(ctx), patch)
         logged = ctx.services.store.plan_edit(s, projectId, change)
     _publish(ctx, logged)
     return result
@@ -434,7 +434,7 @@ def resolve_create_data_source(
         value = node_dict(node, node_execution_states(s, project_id, [node])[node.id])
         at = plan_edits.node_index(s, project_id, node.id)
         patch = [{"op": "add", "path": f"/nodes/{at}", "value": value}]
-        change = with_patch(queries.node_change("added", node), _user(ctx), patch)
+        change = with_patch(payloads.node_change("added", node), _user(ctx), patch)
         logged = ctx.services.store.plan_edit(s, project_id, change)
         result = data_source_dict(source)
     _publish(ctx, logged)

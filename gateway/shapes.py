@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage import queries
+from storage import payloads, queries
 from storage.models import DataSource, Graph, PlanDagEdge, PlanDagNode, Project
 
 
@@ -17,20 +17,20 @@ def project_dict(p: Project) -> dict[str, Any]:
         "id": p.id,
         "name": p.name,
         "description": p.description,
-        "createdAt": queries.rfc3339(p.created_at),
-        "updatedAt": queries.rfc3339(p.updated_at),
+        "createdAt": payloads.rfc3339(p.created_at),
+        "updatedAt": payloads.rfc3339(p.updated_at),
     }
 
 
 def node_dict(n: PlanDagNode, execution_state: str = "not_started") -> dict[str, Any]:
-    payload = queries.plan_node_payload(n)
+    payload = payloads.plan_node_payload(n)
     x, y = n.position_x, n.position_y
     position = None if x is None or y is None else {"x": x, "y": y}
     return {**payload, "position": position, "executionState": execution_state}
 
 
 def edge_dict(e: PlanDagEdge) -> dict[str, Any]:
-    return queries.plan_edge_payload(e)
+    return payloads.plan_edge_payload(e)
 
 
 def data_source_dict(d: DataSource) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def data_source_dict(d: DataSource) -> dict[str, Any]:
         "status": d.status,
         "executionState": d.execution_state,
         "errorMessage": d.error_message,
-        "processedAt": queries.rfc3339(d.processed_at),
+        "processedAt": payloads.rfc3339(d.processed_at),
     }
 
 
@@ -56,7 +56,7 @@ def graph_dict(g: Graph) -> dict[str, Any]:
         "executionState": g.execution_state,
         "nodeCount": g.node_count,
         "edgeCount": g.edge_count,
-        "computedDate": queries.rfc3339(g.computed_date),
+        "computedDate": payloads.rfc3339(g.computed_date),
         "errorMessage": g.error_message,
     }
 

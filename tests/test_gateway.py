@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 from gateway.auth import auth_required
 from gateway.metrics import GatewayMetrics
 from gateway.server import GatewayConfig
-from storage import queries
+from storage import queries, tokens
 from tests.helpers import wait_until
 from tests.wsclient import SUBSCRIPTION, RawClient
 
@@ -152,7 +152,7 @@ def test_keepalive_drops_a_dead_peer(start_server: Any) -> None:
 
 def _token(server: Any, **kwargs: Any) -> str:
     with server.app.db.write() as s:
-        return queries.create_token(s, **kwargs)[1]
+        return tokens.create_token(s, **kwargs)[1]
 
 
 def test_auth_is_on_off_loopback_only() -> None:

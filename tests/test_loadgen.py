@@ -9,7 +9,7 @@ from typing import Any
 from actors.loadgen import LoadGenerator
 from actors.state import StateStore
 from gateway.server import GatewayConfig
-from storage import queries
+from storage import queries, tokens
 from storage.db import Database
 from tests.helpers import subscriber_count, wait_until
 from tests.wsclient import RawClient
@@ -80,7 +80,7 @@ def test_loadgen_needs_an_admin_token(start_server: Any) -> None:
     server = start_server(enable_loadgen=True, gateway=GatewayConfig(port=0, auth=True))
     with server.app.db.write() as s:
         pid = queries.create_project(s, "p").id
-        scoped = queries.create_token(s, project_ids=[pid])[1]
+        scoped = tokens.create_token(s, project_ids=[pid])[1]
 
     async def scenario() -> None:
         client = await RawClient.open(server.url)
