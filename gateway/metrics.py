@@ -89,7 +89,7 @@ class GatewayMetrics:
         )
 
     def watch_loadgen(self, timings: Any) -> None:
-        """The load generator's stage timings (actors.loadgen.LoadTimings), read at scrape."""
+        """The load generator's stage timings (bench.loadgen.LoadTimings), read at scrape."""
         r = self.registry
         for name, doc, attr in (
             ("planpulse_loadgen_persist_seconds", "Persisting (StateStore)", "persist_seconds"),

@@ -17,7 +17,6 @@ from actors import processing
 from actors.bus import publish_committed
 from actors.events import node_events
 from actors.executors import WorkSink
-from actors.loadgen import LoadGenerator
 from actors.messages import LoggedChange
 from actors.plan import PlanRefused
 from actors.state import named_source, status_from_row
@@ -475,44 +474,6 @@ def resolve_stop_plan(_root: Any, info: GraphQLResolveInfo, projectId: int) -> b
     return _work(ctx).stop_plan(projectId)
 
 
-LOADGEN_SDL = """
-extend type Mutation {
-  "Load testing (serve --enable-loadgen): projects 1..projects, each with a data source."
-  prepareLoad(projects: Int!): Boolean!
-  "Load testing: drive those data sources through real state changes; returns at once."
-  startLoad(projects: Int!, eventsPerSecond: Int!, seconds: Float!): Boolean!
-}
-"""
-
-
-def _loadgen(ctx: RequestContext) -> LoadGenerator:
-    if not ctx.admin:
-        raise GraphQLError(
-            "load generation needs an admin token (run.py token create --admin)",
-            extensions={"code": "FORBIDDEN"},
-        )
-    assert ctx.services.loadgen is not None  # the mutations exist only with it
-    return ctx.services.loadgen
-
-
-def resolve_prepare_load(_root: Any, info: GraphQLResolveInfo, projects: int) -> bool:
-    try:
-        _loadgen(_ctx(info)).prepare(projects)
-    except ValueError as error:
-        raise GraphQLError(str(error), extensions={"code": "BAD_USER_INPUT"}) from error
-    return True
-
-
-def resolve_start_load(
-    _root: Any, info: GraphQLResolveInfo, projects: int, eventsPerSecond: int, seconds: float
-) -> bool:
-    try:
-        _loadgen(_ctx(info)).start(projects, eventsPerSecond, seconds)
-    except ValueError as error:
-        raise GraphQLError(str(error), extensions={"code": "BAD_USER_INPUT"}) from error
-    return True
-
-
 RESOLVERS: dict[str, Callable[..., Any]] = {
     "Query.projects": resolve_projects,
     "Query.project": resolve_project,
@@ -540,8 +501,6 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "Mutation.executeNode": resolve_execute_node,
     "Mutation.executePlan": resolve_execute_plan,
     "Mutation.stopPlanExecution": resolve_stop_plan,
-    "Mutation.prepareLoad": resolve_prepare_load,
-    "Mutation.startLoad": resolve_start_load,
     # The subscription's documents are executed against one event at a time, as root.
     "Subscription.nodeExecutionStatusChanged": lambda root, _info, **_args: root,
     "Subscription.planDagChanged": lambda root, _info, **_args: root,

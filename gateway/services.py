@@ -15,7 +15,6 @@ from graphql import GraphQLError
 from actors.bus import Bus
 from actors.executors import WorkSink
 from actors.hub import Hub
-from actors.loadgen import LoadGenerator
 from actors.state import StateStore
 from storage.db import Database
 
@@ -29,7 +28,6 @@ class Services:
     bus: Bus
     hub: Hub
     work: WorkSink | None = None
-    loadgen: LoadGenerator | None = None
 
 
 @dataclass

@@ -7,6 +7,10 @@ second in total: a driver thread decides what is due every tick and hands the ba
 LoadExecutor actor, which persists it with the event log in one transaction (group commit)
 and then publishes every StatusChanged on the bus like any executor. Nothing downstream —
 bus, project actors, gateway — knows it is a load test.
+
+Benchmark code, kept in bench/ with the load client it serves: production modules never
+import it; gateway/app.py does, through bench/loadgen_schema.py, only with --enable-loadgen
+(tests/test_loadgen.py checks that a server without the flag loads no bench module).
 """
 
 from __future__ import annotations
