@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.orm import Session
@@ -234,12 +234,16 @@ def data_source_node_ids(s: Session, project_id: int, data_source_id: int) -> li
     )
 
 
-def node_routes(s: Session, project_id: int) -> tuple[dict[int, list[str]], dict[str, str]]:
-    """The whole node-ID map of a project: data source id → node ids, node id → node type.
+class NodeIdMap(NamedTuple):
+    """A project's node-ID map: which nodes name each data source, and every node's type."""
 
-    The plan as it is now: for a one-off resolution of rows that were logged without theirs
-    (storage/migrate.py), never for reading history.
-    """
+    by_source: dict[int, list[str]]  # data source id → its DataSourceNodes' ids, sorted
+    types: dict[str, str]  # node id → node type
+
+
+def node_id_map(s: Session, project_id: int) -> NodeIdMap:
+    """The whole node-ID map of a project, as the plan is now: for a one-off resolution
+    of rows that were logged without theirs (storage/migrate.py), never for history."""
     by_source: dict[int, list[str]] = {}
     types: dict[str, str] = {}
     for node_id, node_type, config in s.execute(
@@ -254,7 +258,7 @@ def node_routes(s: Session, project_id: int) -> tuple[dict[int, list[str]], dict
                 by_source.setdefault(source_id, []).append(node_id)
     for ids in by_source.values():
         ids.sort()
-    return by_source, types
+    return NodeIdMap(by_source, types)
 
 
 def resolve_nodes(

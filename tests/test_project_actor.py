@@ -242,9 +242,9 @@ def repoint(db: Database, store: StateStore, pid: int, node_id: str, source: int
         return store.plan_edit(s, pid, payloads.node_change("updated", node), names_source_of=node)
 
 
-def test_routing_reads_the_nodes_the_change_carries(db: Database, store: StateStore) -> None:
+def test_delivery_reads_the_nodes_the_change_carries(db: Database, store: StateStore) -> None:
     """No node-ID map: the message says where it goes, even if the plan says otherwise now
-    (a message resolved at its sequence, read after a later edit, must not be re-routed)."""
+    (a message resolved at its sequence, read after a later edit, must not be resolved again)."""
     pid = new_project(db)
     source = new_source(db, pid)
     actor = start(pid, db)

@@ -265,7 +265,7 @@ def test_create_data_source_adds_a_node_naming_it(db: Database) -> None:
         queries.require_data_source(s, 999)
 
 
-def test_node_ids_of_a_data_source_and_node_routes(db: Database) -> None:
+def test_node_ids_of_a_data_source_and_the_node_id_map(db: Database) -> None:
     pid = new_project(db)
     other = new_project(db, "other")
     first = new_source(db, pid, "first")
@@ -287,7 +287,7 @@ def test_node_ids_of_a_data_source_and_node_routes(db: Database) -> None:
         assert queries.data_source_node_ids(s, pid, first) == [f"datasource_{first}", "z_copy"]
         assert queries.data_source_node_ids(s, pid, second) == ["b"]
         assert queries.data_source_node_ids(s, pid, 12345) == []
-        by_source, types = queries.node_routes(s, pid)
+        by_source, types = queries.node_id_map(s, pid)
     assert by_source == {first: [f"datasource_{first}", "z_copy"], second: ["b"]}
     assert types == {
         f"datasource_{first}": "DataSourceNode",
