@@ -31,6 +31,15 @@ class PlanRunFailed(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
+class NodeResult:
+    """What a node's work made: its graph, and (graph-like nodes) the digest of its inputs
+    and config, stored with the graph so that a run with unchanged inputs reuses it."""
+
+    graph: GraphData
+    source_hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class RunNode:
     plan: RunPlan
     node_id: str
@@ -80,7 +89,7 @@ class NodeWorker(pykka.ThreadingActor):
         try:
             if self.before_node is not None:
                 self.before_node(plan.project_id, node_id)
-            graph, digest = self._work(plan, node)
+            result = self._work(plan, node)
         except (ProcessingError, InputNotReady) as error:
             done = states.set(node, "error", expect=("processing",), error=str(error))
             return "error" if done else "stopped"
@@ -90,13 +99,18 @@ class NodeWorker(pykka.ThreadingActor):
             done = states.set(node, "error", expect=("processing",), error=message)
             return "error" if done else "stopped"
         done = states.set(
-            node, "completed", expect=("processing",), graph=graph, source_hash=digest
+            node,
+            "completed",
+            expect=("processing",),
+            graph=result.graph,
+            source_hash=result.source_hash,
         )
         return "completed" if done else "stopped"
 
-    def _work(self, plan: RunPlan, node: PlanNode) -> tuple[GraphData, str | None]:
+    def _work(self, plan: RunPlan, node: PlanNode) -> NodeResult:
         if node.node_type == "DataSourceNode":
-            return parse_stored_source(self.store, node.data_source_id), None  # type: ignore[arg-type]
+            graph = parse_stored_source(self.store, node.data_source_id)  # type: ignore[arg-type]
+            return NodeResult(graph, source_hash=None)
         inputs = read_inputs(self.store, plan.project_id, node, plan)
         salt = node.node_type + orjson.dumps(node.config, option=orjson.OPT_SORT_KEYS).decode()
         digest = processing.source_hash(inputs, salt)
@@ -109,7 +123,7 @@ class NodeWorker(pykka.ThreadingActor):
             return None
 
         graph = retrying(cached, what=f"reading node '{node.id}'", deadline=self.store.deadline)
-        return (graph if graph is not None else build_graph(node, inputs)), digest
+        return NodeResult(graph if graph is not None else build_graph(node, inputs), digest)
 
 
 class PlanRun(pykka.ThreadingActor):

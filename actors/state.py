@@ -144,11 +144,11 @@ class StateStore:
         return self.data_source(data_source_id, lambda r: set_source_state(r, "error", error=error))
 
     def data_source_states(
-        self, changes: Sequence[tuple[int, int, dict[str, Any]]], now: datetime
+        self, changes: Sequence[group_commit.SourceStateChange], now: datetime
     ) -> list[StatusChanged]:
         """Log many data sources' new states in one transaction (group commit).
 
-        `changes` are (project id, data source id, payload) in order. The same rules as
+        `changes` in order. The same rules as
         `data_source`: each change gets its project's next sequence, is resolved to the
         nodes naming its source as of that sequence, the log is pruned every PRUNE_EVERY
         events; the messages to publish after commit are returned in order. The load

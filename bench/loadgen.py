@@ -27,6 +27,7 @@ from sqlalchemy import func, insert, select, text
 from actors.bus import Bus
 from actors.state import StateStore
 from storage import payloads, queries
+from storage.group_commit import SourceStateChange
 from storage.models import DataSource, PlanDagNode, Project, utcnow
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class LoadExecutor(pykka.ThreadingActor):
             completing = self.processing.get(source_id, False)
             self.processing[source_id] = not completing
             changes.append(
-                (
+                SourceStateChange(
                     project_id,
                     source_id,
                     {

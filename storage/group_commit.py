@@ -10,7 +10,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import DateTime, select
@@ -21,17 +21,35 @@ from storage.models import DataSource, ExecutionEvent, PlanDagNode, Project
 from storage.queries import NotFound
 
 
+class SourceStateChange(NamedTuple):
+    """One data source's new state, to be logged (the load generator makes these)."""
+
+    project_id: int
+    data_source_id: int
+    payload: dict[str, Any]  # the contract's DataSourceExecutionMetadata
+
+
+class LoggedSourceState(NamedTuple):
+    """A SourceStateChange as logged: its sequence, and the nodes it was resolved to."""
+
+    project_id: int
+    sequence: int
+    data_source_id: int
+    payload: dict[str, Any]
+    nodes: list[list[str]]  # [node id, node type] pairs, as stored in the log
+
+
 def record_data_source_states(
-    s: Session, changes: Sequence[tuple[int, int, dict[str, Any]]], now: datetime
-) -> list[tuple[int, int, int, dict[str, Any], list[list[str]]]]:
+    s: Session, changes: Sequence[SourceStateChange], now: datetime
+) -> list[LoggedSourceState]:
     """Persist many data-source state changes in the caller's transaction (group commit).
 
-    `changes` are (project id, data source id, payload) in order; each gets the next
-    sequence of its project. Returns (project id, sequence, data source id, payload,
-    nodes). The projects' counter rows are locked first (FOR UPDATE on PostgreSQL; SQLite's
-    BEGIN IMMEDIATE already holds the write lock), then the DataSourceNodes of those
-    projects are read once for the whole batch: the resolution every row stores, as of its
-    sequence (no plan edit of these projects can commit while the locks are held).
+    `changes` in order; each gets the next sequence of its project, and is returned as
+    logged, in the same order. The projects' counter rows are locked first (FOR UPDATE on
+    PostgreSQL; SQLite's BEGIN IMMEDIATE already holds the write lock), then the
+    DataSourceNodes of those projects are read once for the whole batch: the resolution
+    every row stores, as of its sequence (no plan edit of these projects can commit while
+    the locks are held).
 
     This is the load path, so the writes go to the driver's `executemany` with parameters
     prepared here: the payload serialised with orjson, the timestamp converted once per
@@ -71,7 +89,7 @@ def record_data_source_states(
         nodes_json = serialised.get(source_id)
         if nodes_json is None:
             nodes_json = serialised[source_id] = orjson.dumps(nodes).decode()
-        recorded.append((project_id, sequence, source_id, payload, nodes))
+        recorded.append(LoggedSourceState(project_id, sequence, source_id, payload, nodes))
         rows.append(
             (
                 project_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -19,9 +20,16 @@ def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+class IssuedToken(NamedTuple):
+    """A token just made: its row, and the raw value (shown once, never stored)."""
+
+    token: ApiToken
+    raw: str
+
+
 def create_token(
     s: Session, *, project_ids: Sequence[int] = (), admin: bool = False, name: str = ""
-) -> tuple[ApiToken, str]:
+) -> IssuedToken:
     """A new bearer token; the raw value is returned once and only its hash is stored."""
     if not admin and not project_ids:
         raise InvalidInput("a token needs at least one project (--project N) or --admin")
@@ -33,7 +41,7 @@ def create_token(
     )
     s.add(token)
     s.flush()
-    return token, raw
+    return IssuedToken(token, raw)
 
 
 def find_token(s: Session, raw: str) -> ApiToken | None:

@@ -305,7 +305,7 @@ def test_with_auth_the_token_names_the_editor(start_server: Any) -> None:
     server = start_server(gateway=GatewayConfig(port=0, auth=True))
     with server.app.db.write() as s:
         pid = queries.create_project(s, "p").id
-        token = tokens.create_token(s, project_ids=[pid], name="alice@example.com")[1]
+        token = tokens.create_token(s, project_ids=[pid], name="alice@example.com").raw
 
     async def scenario() -> None:
         editor = await RawClient.open(server.url)

@@ -66,7 +66,7 @@ def of(steps: list[dict], step: str) -> list[dict]:
 
 def admin_token(server: Any) -> str:
     with server.app.db.write() as s:
-        return tokens.create_token(s, admin=True)[1]
+        return tokens.create_token(s, admin=True).raw
 
 
 def test_script_sends_the_verbatim_document() -> None:

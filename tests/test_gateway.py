@@ -152,7 +152,7 @@ def test_keepalive_drops_a_dead_peer(start_server: Any) -> None:
 
 def _token(server: Any, **kwargs: Any) -> str:
     with server.app.db.write() as s:
-        return tokens.create_token(s, **kwargs)[1]
+        return tokens.create_token(s, **kwargs).raw
 
 
 def test_auth_is_on_off_loopback_only() -> None:

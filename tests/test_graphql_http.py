@@ -123,7 +123,7 @@ def test_token_auth(start_server: Any) -> None:
     with server.app.db.write() as s:
         mine = queries.create_project(s, "mine").id
         other = queries.create_project(s, "other").id
-        raw = tokens.create_token(s, project_ids=[mine])[1]
+        raw = tokens.create_token(s, project_ids=[mine]).raw
     q = {"query": "query($id: Int!) { project(id: $id) { id } }"}
     status, headers, body = request(server, "POST", "/graphql", {**q, "variables": {"id": mine}})
     assert status == 401 and headers["WWW-Authenticate"] == "Bearer"

@@ -38,7 +38,7 @@ def make_project(server: Any, name: str = "p") -> int:
 
 def token(server: Any, **kwargs: Any) -> str:
     with server.app.db.write() as s:
-        return tokens.create_token(s, **kwargs)[1]
+        return tokens.create_token(s, **kwargs).raw
 
 
 async def legacy(server: Any, **kwargs: Any) -> RawClient:

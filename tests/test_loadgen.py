@@ -104,7 +104,7 @@ def test_loadgen_needs_an_admin_token(start_server: Any) -> None:
     server = start_server(enable_loadgen=True, gateway=GatewayConfig(port=0, auth=True))
     with server.app.db.write() as s:
         pid = queries.create_project(s, "p").id
-        scoped = tokens.create_token(s, project_ids=[pid])[1]
+        scoped = tokens.create_token(s, project_ids=[pid]).raw
 
     async def scenario() -> None:
         client = await RawClient.open(server.url)
