@@ -285,11 +285,11 @@ def test_healthz_and_metrics(server: Any) -> None:
         "planpulse_connections",
         "planpulse_subscriptions",
         "planpulse_project_actors",
-        "planpulse_events_published_total",
+        "planpulse_bus_changes_received_total",
         "planpulse_frames_delivered_total",
         "planpulse_frames_coalesced_total",
         "planpulse_slow_consumers_closed_total",
-        "planpulse_delivery_latency_seconds_bucket",
+        "planpulse_handover_latency_seconds_bucket",
         "process_resident_memory_bytes",
     ):
         assert name in text, name
@@ -325,5 +325,5 @@ def test_delivery_metrics_count_every_change_from_many_threads() -> None:
         thread.join(10)
     metrics.observe_delivery("not a timestamp")  # skipped, not counted
     text = metrics.render().decode()
-    assert f"planpulse_events_delivered_total {4 * per_thread}.0" in text
-    assert f"planpulse_delivery_latency_seconds_count {4 * per_thread}.0" in text
+    assert f"planpulse_changes_handed_over_total {4 * per_thread}.0" in text
+    assert f"planpulse_handover_latency_seconds_count {4 * per_thread}.0" in text
