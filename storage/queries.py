@@ -353,6 +353,11 @@ def edges_of_node(s: Session, project_id: int, node_id: str) -> Sequence[PlanDag
 # --- data sources -------------------------------------------------------------------------
 
 
+class CreatedDataSource(NamedTuple):
+    source: DataSource
+    node: PlanDagNode | None  # its DataSourceNode, unless asked for none
+
+
 def create_data_source(
     s: Session,
     project_id: int,
@@ -363,7 +368,7 @@ def create_data_source(
     data_type: str,
     content: str,
     add_node_for_it: bool = True,
-) -> tuple[DataSource, PlanDagNode | None]:
+) -> CreatedDataSource:
     """Store a file and (as the frontend expects) a DataSourceNode naming it."""
     require_project(s, project_id)
     if not name.strip():
@@ -392,7 +397,7 @@ def create_data_source(
             config={"dataSourceId": source.id, "filename": filename, "dataType": data_type},
             metadata={"label": name},
         )
-    return source, node
+    return CreatedDataSource(source, node)
 
 
 def require_data_source(s: Session, data_source_id: int) -> DataSource:
@@ -515,14 +520,19 @@ def events_after(
     return s.scalars(stmt).all()
 
 
-def entity_ids(s: Session, project_id: int) -> tuple[set[int], dict[str, int]]:
+class EntityIds(NamedTuple):
+    data_sources: set[int]  # the project's data source ids
+    graphs: dict[str, int]  # node id → its graph row's id
+
+
+def entity_ids(s: Session, project_id: int) -> EntityIds:
     """The project's data source ids, and its graphs' ids by node: ids only (no file
     content, no graph JSON), for a snapshot that takes states from the log."""
     sources = set(s.scalars(select(DataSource.id).where(DataSource.project_id == project_id)))
     graphs = dict(
         s.execute(select(Graph.node_id, Graph.id).where(Graph.project_id == project_id)).all()
     )
-    return sources, graphs
+    return EntityIds(sources, graphs)
 
 
 def latest_status_events(
