@@ -13,9 +13,8 @@ State rules of a run (every change persisted, then published):
     pending/processing → error      the run cannot go on (its database writes keep
                                     failing, a bug): the message says so
 
-A worker's writes are guarded by the state it expects (pending before processing,
-processing before the end). A stop resets the row first, so the worker's late write finds
-the row moved on and is dropped: a stopped node never flips back to completed.
+A worker's writes are guarded by the state it expects, so that a stopped node never flips
+back to completed (actors/node_states.py).
 """
 
 from __future__ import annotations
