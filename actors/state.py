@@ -148,10 +148,10 @@ class StateStore:
     ) -> list[StatusChanged]:
         """Log many data sources' new states in one transaction (group commit).
 
-        `changes` in order. The same rules as
-        `data_source`: each change gets its project's next sequence, is resolved to the
-        nodes naming its source as of that sequence, the log is pruned every PRUNE_EVERY
-        events; the messages to publish after commit are returned in order. The load
+        The same rules as `data_source`: each change (in order) gets its project's next
+        sequence, is resolved to the nodes naming its source as of that sequence, the log
+        is pruned every PRUNE_EVERY events; the messages to publish after commit are
+        returned in order. The load
         generator writes through here, so a load test measures this store, not a copy.
         Each data source's resolution is carried as one shared tuple per batch.
         """
