@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from actors.bus import Bus
 from actors.executors import Executors, WorkSink
@@ -24,6 +24,9 @@ from gateway.schema import SchemaExtension, make_schema
 from gateway.server import Gateway, GatewayConfig
 from gateway.services import Services
 from storage.db import DEFAULT_DATABASE_URL, DEFAULT_DATABASE_WAIT, open_database
+
+if TYPE_CHECKING:  # benchmark code: never imported at run time without --enable-loadgen
+    from bench.loadgen import LoadGenerator
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class App:
         self.services = Services(
             db=self.db, store=self.store, bus=self.bus, hub=self.hub, work=work
         )
-        self.loadgen: Any = None  # bench.loadgen.LoadGenerator with --enable-loadgen
+        self.loadgen: LoadGenerator | None = None
         extensions: list[SchemaExtension] = []
         if config.enable_loadgen:  # benchmark code (bench/): imported only when asked for
             from bench.loadgen_schema import load_generation
