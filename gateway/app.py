@@ -9,20 +9,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from actors.bus import Bus
 from actors.executors import Executors, WorkSink
 from actors.hub import Hub
-from actors.loadgen import LoadGenerator
 from actors.messages import Resync
 from actors.plan import NodeHook
 from actors.redis_bus import RedisBus, bus_from_url
 from actors.runtime import DEFAULT_THREADS, ShardedActor
 from actors.state import DEFAULT_RETENTION, StateStore
 from actors.work_queue import QueueWorker, WorkQueue
-from gateway.schema import Services, make_schema
+from gateway.schema import SchemaExtension, make_schema
 from gateway.server import Gateway, GatewayConfig
+from gateway.services import Services
 from storage.db import DEFAULT_DATABASE_URL, DEFAULT_DATABASE_WAIT, open_database
+
+if TYPE_CHECKING:  # benchmark code: never imported at run time without --enable-loadgen
+    from bench.loadgen import LoadGenerator
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +92,17 @@ class App:
         self.services = Services(
             db=self.db, store=self.store, bus=self.bus, hub=self.hub, work=work
         )
-        if config.enable_loadgen:
-            self.services.loadgen = LoadGenerator(self.store, self.bus)
-        self.gateway = Gateway(
-            self.services, make_schema(loadgen=config.enable_loadgen), config.gateway
-        )
+        self.loadgen: LoadGenerator | None = None
+        extensions: list[SchemaExtension] = []
+        if config.enable_loadgen:  # benchmark code (bench/): imported only when asked for
+            from bench.loadgen_schema import load_generation
+
+            self.loadgen, extension = load_generation(self.store, self.bus)
+            extensions.append(extension)
+        self.gateway = Gateway(self.services, make_schema(extensions=extensions), config.gateway)
         self.hub.on_delivered = self.gateway.metrics.observe_delivery
-        if self.services.loadgen is not None:
-            self.gateway.metrics.watch_loadgen(self.services.loadgen.timings)
+        if self.loadgen is not None:
+            self.gateway.metrics.watch_loadgen(self.loadgen.timings)
 
     async def start(self) -> None:
         if isinstance(self.bus, RedisBus):
@@ -119,8 +126,8 @@ class App:
 
     async def stop(self) -> None:
         await self.gateway.stop()
-        if self.services.loadgen is not None:
-            await asyncio.to_thread(self.services.loadgen.stop)
+        if self.loadgen is not None:
+            await asyncio.to_thread(self.loadgen.stop)
         if self.queue_worker is not None:
             await asyncio.to_thread(self.queue_worker.stop, 10.0)
         if self.executors is not None:
