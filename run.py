@@ -334,14 +334,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from storage import queries
+    from storage import payloads, queries, tokens
     from storage.db import open_database
 
     db = open_database(args.database_url, wait=args.database_wait)
     try:
         if args.action == "create":
             with db.write() as s:
-                token, raw = queries.create_token(
+                token, raw = tokens.create_token(
                     s, project_ids=args.project or [], admin=args.admin, name=args.name
                 )
                 scope = "admin" if token.admin else f"projects {token.project_ids}"
@@ -350,12 +350,12 @@ def cmd_token(args: argparse.Namespace) -> int:
         elif args.action == "list":
             with db.read() as s:
                 print(f"{'id':>4}  {'scope':<24}  {'name':<20}  created")
-                for t in queries.list_tokens(s):
+                for t in tokens.list_tokens(s):
                     scope = "admin" if t.admin else ",".join(map(str, t.project_ids))
-                    print(f"{t.id:>4}  {scope:<24}  {t.name:<20}  {queries.rfc3339(t.created_at)}")
+                    print(f"{t.id:>4}  {scope:<24}  {t.name:<20}  {payloads.rfc3339(t.created_at)}")
         else:
             with db.write() as s:
-                if not queries.revoke_token(s, args.id):
+                if not tokens.revoke_token(s, args.id):
                     print(f"no token with id {args.id}", file=sys.stderr)
                     return 1
     except (queries.InvalidInput, queries.NotFound) as error:

@@ -28,14 +28,13 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 
 from actors.bus import Bus, InProcessBus
 from actors.executors import Executors, WorkSink
 from actors.hub import Hub
-from actors.loadgen import LoadGenerator
 from actors.messages import Resync
 from actors.plan import NodeHook
 from actors.redis_bus import RedisBus
@@ -43,14 +42,18 @@ from actors.runtime import DEFAULT_THREADS, ShardedActor
 from actors.state import DEFAULT_RETENTION, StateStore
 from actors.work_queue import DEFAULT_MAX_ATTEMPTS, QueueWorker, WorkQueue
 from actors.worker import Worker
-from gateway.schema import Services, make_schema
+from gateway.schema import SchemaExtension, make_schema
 from gateway.server import Gateway, GatewayConfig
+from gateway.services import Services
 from storage.db import (
     DEFAULT_DATABASE_URL,
     DEFAULT_DATABASE_WAIT,
     check_database_url,
     open_database,
 )
+
+if TYPE_CHECKING:  # benchmark code: never imported at run time without --enable-loadgen
+    from bench.loadgen import LoadGenerator
 
 log = logging.getLogger(__name__)
 
@@ -290,16 +293,19 @@ class App:
         self.services = Services(
             db=self.db, store=self.store, bus=self.bus, hub=self.hub, work=work
         )
-        if config.enable_loadgen:
+        self.loadgen: LoadGenerator | None = None
+        extensions: list[SchemaExtension] = []
+        if config.enable_loadgen:  # benchmark code (bench/): imported only when asked for
+            from bench.loadgen_schema import load_generation
+
             # It runs in the process that received startLoad and publishes on this bus:
             # with several processes it runs in one place, and the bus carries it to all.
-            self.services.loadgen = LoadGenerator(self.store, self.bus)
-        self.gateway = Gateway(
-            self.services, make_schema(loadgen=config.enable_loadgen), config.gateway
-        )
+            self.loadgen, extension = load_generation(self.store, self.bus)
+            extensions.append(extension)
+        self.gateway = Gateway(self.services, make_schema(extensions=extensions), config.gateway)
         self.hub.on_delivered = self.gateway.metrics.observe_delivery
-        if self.services.loadgen is not None:
-            self.gateway.metrics.watch_loadgen(self.services.loadgen.timings)
+        if self.loadgen is not None:
+            self.gateway.metrics.watch_loadgen(self.loadgen.timings)
 
     async def start(self) -> None:
         if self.redis is not None:
@@ -325,8 +331,8 @@ class App:
 
     async def stop(self) -> None:
         await self.gateway.stop()
-        if self.services.loadgen is not None:
-            await asyncio.to_thread(self.services.loadgen.stop)
+        if self.loadgen is not None:
+            await asyncio.to_thread(self.loadgen.stop)
         if self.queue_worker is not None:
             await asyncio.to_thread(self.queue_worker.stop, 10.0)
         if self.executors is not None:

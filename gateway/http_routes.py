@@ -23,7 +23,7 @@ from gateway.auth import origin_allowed
 from gateway.errors import internal_error
 from gateway.http import HttpReply, HttpRequest, HttpStream
 from gateway.operations import error_dict, operation_of, subscription_request
-from gateway.schema import RequestContext
+from gateway.services import RequestContext
 
 if TYPE_CHECKING:
     from gateway.server import Gateway

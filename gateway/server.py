@@ -34,7 +34,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.http_routes import HttpRoutes, _response
 from gateway.metrics import GatewayMetrics
 from gateway.operations import DocumentCache, SelectionCache
-from gateway.schema import Services
+from gateway.services import Services
 from gateway.websockets_internals import forget_handshake, front_door
 
 log = logging.getLogger(__name__)
