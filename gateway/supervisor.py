@@ -184,11 +184,14 @@ class Supervisor:
     def _check_children(self) -> str | None:
         """Note the ready ones, restart the dead ones; a reason to give up, or None."""
         for position, child in enumerate(self.children):
+            # Alive or not, first; then the pipe: a child that said "ready" and died at once
+            # has its message there, and is not taken for one that never came up.
+            running = child.process.is_alive()
             if not child.ready and child.ready_pipe.poll():
                 with contextlib.suppress(EOFError, OSError):
                     child.ready_pipe.recv()
                     child.ready = True
-            if child.process.is_alive():
+            if running:
                 continue
             child.process.join()
             how = describe_exit(child.process.exitcode)

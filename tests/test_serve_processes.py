@@ -405,3 +405,64 @@ def test_the_run_of_a_killed_child_is_finished_by_another_once(
         assert seen == expected
     finally:
         served.close()
+
+
+# --- the supervisor alone (children that do nothing but live and die) --------------------------
+
+SUPERVISED = """
+import logging, os, sys, time
+sys.path.insert(0, {root!r})
+from gateway.supervisor import Supervisor
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+def crash_after_ready(index, ready):
+    ready()
+    return 3
+
+def live_until_signalled(index, ready):
+    ready()
+    while True:
+        time.sleep(1)
+
+main = crash_after_ready if sys.argv[1] == "crash" else live_until_signalled
+sys.exit(Supervisor(main, 2, stop_timeout=5).run())
+"""
+
+
+def supervise(how: str, tmp_path: Path) -> subprocess.Popen[str]:
+    script = tmp_path / "supervised.py"
+    script.write_text(SUPERVISED.format(root=str(ROOT)))
+    return subprocess.Popen(
+        [sys.executable, str(script), how],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_child_that_keeps_dying_makes_the_supervisor_give_up(tmp_path: Path) -> None:
+    process = supervise("crash", tmp_path)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, output
+    assert output.count("died (exit code 3): starting a new one") == 5, output
+    assert "the 6th death within 60 s: stopping every gateway process" in output
+    assert "before it was ready" not in output
+
+
+def test_sigterm_stops_every_child(tmp_path: Path) -> None:
+    process = supervise("live", tmp_path)
+    assert process.stdout is not None
+    lines: list[str] = []
+    for line in process.stdout:
+        lines.append(line)
+        if "all 2 gateway processes ready" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=30)
+    output = "".join(lines) + rest
+    assert process.returncode == 0, output
+    assert "SIGTERM received: stopping 2 gateway processes" in output
+    assert output.count("stopped (killed by SIGTERM)") == 2, output
+    for child in started_pids(output):
+        assert not alive(child)
