@@ -37,7 +37,7 @@ from actors.executors import Executors, WorkSink
 from actors.hub import Hub
 from actors.messages import Resync
 from actors.plan import NodeHook
-from actors.redis_bus import RedisBus
+from actors.redis_bus import REDIS_URL_SCHEMES, RedisBus
 from actors.runtime import DEFAULT_THREADS, ShardedActor
 from actors.state import DEFAULT_RETENTION, StateStore
 from actors.work_queue import DEFAULT_MAX_ATTEMPTS, QueueWorker, WorkQueue
@@ -71,14 +71,11 @@ class DeploymentError(ValueError):
     """A combination of flags no process can run: the message names the flag to change."""
 
 
-SHARED_BUS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
 def bus_is_shared(bus_url: str | None) -> bool:
     """False for the in-process bus (unset), True for Redis; an unknown scheme is an error."""
     if not bus_url or bus_url in ("inprocess", "in-process"):
         return False
-    if bus_url.startswith(SHARED_BUS_SCHEMES):
+    if bus_url.startswith(REDIS_URL_SCHEMES):
         return True
     raise DeploymentError(
         f"unknown bus URL {bus_url!r}: use redis://host:6379/0 (or leave it unset for the "
