@@ -1,8 +1,13 @@
 """planpulse: the one entry point.
 
     python run.py [serve]   the service (WebSocket GraphQL + HTTP) on 127.0.0.1:8765
+    python run.py serve --processes N --database-url postgresql+psycopg://… --bus-url redis://…
+                            N gateway processes on one port (all the cores)
     python run.py worker    executors only, fed by the work queue (PostgreSQL + Redis bus)
     python run.py --help    every command and flag
+
+Each process is built by gateway/app.py (the composition root) for one deployment mode:
+embedded (the default), gateway (with --bus-url) or worker.
 
 Every flag of `serve` also reads an environment variable: --port reads PLANPULSE_PORT,
 --database-url reads PLANPULSE_DATABASE_URL, and so on.
@@ -73,6 +78,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=env_default("ACTOR_THREADS", 4, int),
         help="threads shared by all project actors (actors/runtime.py)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("embedded", "gateway"),
+        default=env_default("MODE", None),
+        help="embedded: one process, in-process bus; gateway: shares projects with other "
+        "processes over --bus-url (default: gateway with --bus-url, embedded without)",
     )
     parser.add_argument(
         "--no-executors",
@@ -173,11 +185,9 @@ def add_worker_command(commands: Any) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from actors.worker import WorkerConfig, hooks_from_env, run_worker
+    from actors.worker import run_worker
+    from gateway.app import WorkerConfig, build_worker, hooks_from_test_env
 
-    if not args.bus_url:
-        print("error: a worker needs --bus-url redis://… (or PLANPULSE_BUS_URL)", file=sys.stderr)
-        return 2
     config = WorkerConfig(
         database_url=args.database_url,
         bus_url=args.bus_url,
@@ -187,10 +197,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         database_wait=args.database_wait,
     )
     try:
-        return run_worker(config, **hooks_from_env())
+        worker = build_worker(config, **hooks_from_test_env())
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return run_worker(worker)
 
 
 def app_config(args: argparse.Namespace) -> Any:
@@ -205,6 +216,8 @@ def app_config(args: argparse.Namespace) -> Any:
         actor_threads=args.actor_threads,
         enable_loadgen=args.enable_loadgen,
         bus_url=args.bus_url,
+        mode=args.mode,
+        processes=getattr(args, "processes", 1),
         database_wait=args.database_wait,
         gateway=GatewayConfig(
             host=args.host,
@@ -236,13 +249,16 @@ async def start_or_explain(factory: Callable[..., Any], config: Any) -> Any:
     return app
 
 
-async def serve_until_signalled(config: Any) -> None:
+async def serve_until_signalled(config: Any, on_ready: Callable[[], None] | None = None) -> None:
     from gateway import collector
-    from gateway.app import App
+    from gateway.app import App, hooks_from_test_env
 
     threshold = env_default("GC_THRESHOLD", collector.SERVING_THRESHOLD, collector.gc_threshold)
-    app = await start_or_explain(App, config)
+    before_node = hooks_from_test_env().get("before_node")  # a test's pause, else None
+    app = await start_or_explain(lambda c: App(c, before_node=before_node), config)
     collector.settle(threshold)
+    if on_ready is not None:
+        on_ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -265,8 +281,49 @@ DEFAULT_SWITCH_INTERVAL = 0.001
 
 def cmd_serve(args: argparse.Namespace) -> int:
     sys.setswitchinterval(env_default("SWITCH_INTERVAL", DEFAULT_SWITCH_INTERVAL, float))
-    asyncio.run(serve_until_signalled(app_config(args)))
-    return 0
+    config = app_config(args)
+    if config.processes == 1:
+        asyncio.run(serve_until_signalled(config))
+        return 0
+    return serve_processes(config)
+
+
+def serve_processes(config: Any) -> int:
+    """`serve --processes N`: the deployment is checked here, once, before any child starts
+    (gateway/supervisor.py starts, watches and stops them)."""
+    from sqlalchemy.exc import ArgumentError
+
+    from gateway.supervisor import Supervisor, reserve_port
+    from storage.db import DatabaseUnavailable
+
+    try:
+        deployment = config.deployment()
+        reserved = reserve_port(config.gateway.host, config.gateway.port)
+    except (ValueError, ArgumentError, OSError, DatabaseUnavailable) as error:
+        raise SystemExit(f"error: planpulse cannot start: {error}") from None
+    config.gateway.port = reserved.getsockname()[1]
+    config.gateway.reuse_port = True
+    log.info(
+        "%d gateway processes on ws://%s:%d/graphql (mode %s)",
+        config.processes,
+        config.gateway.host,
+        config.gateway.port,
+        deployment.describe(),
+    )
+
+    def child(_index: int, ready: Callable[[], None]) -> int:
+        try:
+            asyncio.run(serve_until_signalled(config, on_ready=ready))
+        except SystemExit as error:  # start_or_explain's one sentence
+            if error.code not in (None, 0):
+                print(error.code, file=sys.stderr)
+                return 1
+        return 0
+
+    try:
+        return Supervisor(child, config.processes).run()
+    finally:
+        reserved.close()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -280,14 +337,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from storage import queries
+    from storage import payloads, queries, tokens
     from storage.db import open_database
 
     db = open_database(args.database_url, wait=args.database_wait)
     try:
         if args.action == "create":
             with db.write() as s:
-                token, raw = queries.create_token(
+                token, raw = tokens.create_token(
                     s, project_ids=args.project or [], admin=args.admin, name=args.name
                 )
                 scope = "admin" if token.admin else f"projects {token.project_ids}"
@@ -296,12 +353,12 @@ def cmd_token(args: argparse.Namespace) -> int:
         elif args.action == "list":
             with db.read() as s:
                 print(f"{'id':>4}  {'scope':<24}  {'name':<20}  created")
-                for t in queries.list_tokens(s):
+                for t in tokens.list_tokens(s):
                     scope = "admin" if t.admin else ",".join(map(str, t.project_ids))
-                    print(f"{t.id:>4}  {scope:<24}  {t.name:<20}  {queries.rfc3339(t.created_at)}")
+                    print(f"{t.id:>4}  {scope:<24}  {t.name:<20}  {payloads.rfc3339(t.created_at)}")
         else:
             with db.write() as s:
-                if not queries.revoke_token(s, args.id):
+                if not tokens.revoke_token(s, args.id):
                     print(f"no token with id {args.id}", file=sys.stderr)
                     return 1
     except (queries.InvalidInput, queries.NotFound) as error:
@@ -367,6 +424,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="run the service (the default)")
     add_serve_arguments(serve)
+    serve.add_argument(
+        "--processes",
+        type=int,
+        default=env_default("PROCESSES", 1, int),
+        help="gateway processes on one port (SO_REUSEPORT), to use several cores; above 1 "
+        "needs --bus-url redis://… and a PostgreSQL --database-url",
+    )
     serve.set_defaults(func=cmd_serve)
     add_token_command(commands)
     demo = commands.add_parser(

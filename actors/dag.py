@@ -1,7 +1,8 @@
-"""Plan DAG ordering (pure): Kahn's topological sort, upstream closure, cycle reports."""
+"""Plan DAG ordering (pure): topological order (graphlib), upstream closure, cycle reports."""
 
 from __future__ import annotations
 
+import graphlib
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -39,36 +40,29 @@ def upstream_closure(target: str, inputs: Mapping[str, Sequence[str]]) -> set[st
 
 
 def topological_order(inputs: Mapping[str, Sequence[str]]) -> list[str]:
-    """Kahn's algorithm; ties broken by node id so a run's order is reproducible."""
-    indegree = {node: len(sources) for node, sources in inputs.items()}
-    outputs: dict[str, list[str]] = {node: [] for node in inputs}
-    for node, sources in inputs.items():
-        for source in sources:
-            outputs[source].append(node)
-    ready = deque(sorted(node for node, degree in indegree.items() if degree == 0))
+    """The standard library's topological sort, ties broken by node id so that a run's
+    order is reproducible: the nodes ready at the start in id order, then, as each node
+    is taken, the nodes it made ready, in id order (Kahn's algorithm, breadth first)."""
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for node in sorted(inputs):  # sorted: the cycle reported does not depend on dict order
+        sorter.add(node, *sorted(inputs[node]))
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as error:
+        raise CycleError(told_from_smallest(error.args[1][:-1])) from None
     order: list[str] = []
+    ready = deque(sorted(sorter.get_ready()))
     while ready:
         node = ready.popleft()
         order.append(node)
-        for target in sorted(outputs[node]):
-            indegree[target] -= 1
-            if indegree[target] == 0:
-                ready.append(target)
-    if len(order) != len(inputs):
-        raise CycleError(find_cycle({n: s for n, s in inputs.items() if n not in order}))
+        sorter.done(node)
+        ready.extend(sorted(sorter.get_ready()))
     return order
 
 
-def find_cycle(inputs: Mapping[str, Sequence[str]]) -> list[str]:
-    """One cycle among nodes that Kahn's algorithm could not order."""
-    start = min(inputs)
-    path: list[str] = []
-    position: dict[str, int] = {}
-    node = start
-    while node not in position:
-        position[node] = len(path)
-        path.append(node)
-        node = next(source for source in inputs[node] if source in inputs)
-    cycle = path[position[node] :]
-    cycle.reverse()  # follow edges source → target
-    return cycle
+def told_from_smallest(cycle: Sequence[str]) -> list[str]:
+    """A cycle (following edges source → target) rotated so that it ends with its
+    smallest node id: the same cycle is always told the same way (the loop back to the
+    first node is added by CycleError)."""
+    last = cycle.index(min(cycle))
+    return [*cycle[last + 1 :], *cycle[: last + 1]]

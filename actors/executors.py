@@ -15,7 +15,9 @@ import pykka
 from actors import processing
 from actors.bus import Bus, publish_committed
 from actors.messages import StatusChanged
-from actors.plan import NodeHook, PlanRunner, parse_stored_source, stop_actors
+from actors.node_build import parse_stored_source
+from actors.plan import NodeHook
+from actors.plan_run import PlanRunner, stop_actors
 from actors.state import StateStore
 from storage import queries
 from storage.retry import reason

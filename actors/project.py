@@ -43,7 +43,7 @@ from actors.plan_events import DELTA, PLAN, delta_events, plan_dag_events
 from actors.presence import PresenceBoard, PresenceLeave, PresenceUpdate
 from actors.runtime import ShardedActor
 from actors.state import message_from_row, status_from_row
-from storage import queries
+from storage import payloads, queries
 from storage.db import Database
 from storage.models import DataSource, Graph
 from storage.retry import is_transient, reason, retrying
@@ -499,10 +499,10 @@ class ProjectActor(ShardedActor):
         entity, entity_id = key
         if entity == "datasource":
             row: Any = s.get(DataSource, entity_id)
-            payload = queries.data_source_payload(row)
+            payload = payloads.data_source_payload(row)
         else:
             row = s.get(Graph, entity_id)
-            payload = queries.graph_payload(row)
+            payload = payloads.graph_payload(row)
         return StatusChanged(
             self.project_id,
             sequence,
@@ -510,7 +510,7 @@ class ProjectActor(ShardedActor):
             entity_id,
             None if entity == "datasource" else node.id,
             payload,
-            queries.rfc3339(row.updated_at) or "",
+            payloads.rfc3339(row.updated_at) or "",
             ((node.id, node.node_type),),
         )
 

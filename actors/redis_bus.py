@@ -60,11 +60,14 @@ def split_bus_url(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), prefix or DEFAULT_PREFIX
 
 
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")  # gateway/app.py decides by them too
+
+
 def bus_from_url(url: str | None, *, listen: bool = True) -> Bus:
     """The bus a `--bus-url` names: unset is the in-process bus, redis:// is Redis."""
     if not url or url in ("inprocess", "in-process"):
         return InProcessBus()
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(REDIS_URL_SCHEMES):
         return RedisBus(url, listen=listen)
     raise ValueError(
         f"unknown bus URL {url!r}: use redis://host:6379/0 (or leave it unset for the "

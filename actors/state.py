@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from actors.messages import LoggedChange, PlanChanged, StatusChanged
-from storage import queries
+from storage import group_commit, payloads, queries
 from storage.db import Database
 from storage.models import PLAN_ENTITY, DataSource, ExecutionEvent, Graph, PlanDagNode, utcnow
 from storage.retry import DEFAULT_DEADLINE, retrying
@@ -36,7 +36,7 @@ def status_from_row(row: ExecutionEvent) -> StatusChanged:
         entity_id=row.entity_id,
         node_id=row.node_id,
         state=row.payload,
-        timestamp=queries.rfc3339(row.created_at) or "",
+        timestamp=payloads.rfc3339(row.created_at) or "",
         nodes=tuple((node_id, node_type) for node_id, node_type in row.nodes or ()),
     )
 
@@ -48,7 +48,7 @@ def message_from_row(row: ExecutionEvent) -> LoggedChange:
             project_id=row.project_id,
             sequence=row.sequence,
             change=row.payload,
-            timestamp=queries.rfc3339(row.created_at) or "",
+            timestamp=payloads.rfc3339(row.created_at) or "",
         )
     return status_from_row(row)
 
@@ -119,7 +119,7 @@ class StateStore:
                     "datasource",
                     source.id,
                     None,
-                    queries.data_source_payload(source),
+                    payloads.data_source_payload(source),
                 )
                 return status_from_row(row)
 
@@ -144,20 +144,20 @@ class StateStore:
         return self.data_source(data_source_id, lambda r: set_source_state(r, "error", error=error))
 
     def data_source_states(
-        self, changes: Sequence[tuple[int, int, dict[str, Any]]], now: datetime
+        self, changes: Sequence[group_commit.SourceStateChange], now: datetime
     ) -> list[StatusChanged]:
         """Log many data sources' new states in one transaction (group commit).
 
-        `changes` are (project id, data source id, payload) in order. The same rules as
-        `data_source`: each change gets its project's next sequence, is resolved to the
-        nodes naming its source as of that sequence, the log is pruned every PRUNE_EVERY
-        events; the messages to publish after commit are returned in order. The load
+        The same rules as `data_source`: each change (in order) gets its project's next
+        sequence, is resolved to the nodes naming its source as of that sequence, the log
+        is pruned every PRUNE_EVERY events; the messages to publish after commit are
+        returned in order. The load
         generator writes through here, so a load test measures this store, not a copy.
         Each data source's resolution is carried as one shared tuple per batch.
         """
-        stamp = queries.rfc3339(now) or ""
+        stamp = payloads.rfc3339(now) or ""
         with self.db.write() as s:
-            recorded = queries.record_data_source_states(s, changes, now)
+            recorded = group_commit.record_data_source_states(s, changes, now)
             # Pruned as `_log` does (when a sequence reaches a multiple of PRUNE_EVERY), all
             # in one statement, each project as of its newest sequence in the batch.
             newest = {project_id: sequence for project_id, sequence, *_ in recorded}
@@ -166,7 +166,7 @@ class StateStore:
                 for project_id, sequence, *_ in recorded
                 if sequence % PRUNE_EVERY == 0 or self.retention < PRUNE_EVERY
             }
-            queries.prune_events_upto(s, due, self.retention)
+            group_commit.prune_events_upto(s, due, self.retention)
         carried_of: dict[int, tuple[tuple[str, str], ...]] = {}
         messages = []
         for project_id, sequence, source_id, payload, nodes in recorded:
@@ -194,7 +194,7 @@ class StateStore:
                 graph.updated_at = utcnow()
                 s.flush()
                 row = self._log(
-                    s, project_id, "graph", graph.id, node_id, queries.graph_payload(graph)
+                    s, project_id, "graph", graph.id, node_id, payloads.graph_payload(graph)
                 )
                 return status_from_row(row)
 
@@ -228,7 +228,7 @@ class StateStore:
         if source_id is not None:
             source = s.get(DataSource, source_id)
             if source is not None and source.project_id == project_id:
-                payload = queries.data_source_payload(source)
+                payload = payloads.data_source_payload(source)
                 logged.append(self._log(s, project_id, "datasource", source.id, None, payload))
         return [message_from_row(row) for row in logged]
 

@@ -56,7 +56,8 @@ from sqlalchemy.exc import IntegrityError
 
 from actors.bus import Bus, publish_committed
 from actors.executors import Executors
-from actors.plan import STOPPED, NodeStates, PlanNode, PlanRefused, plan_for
+from actors.node_states import NodeStates
+from actors.plan import STOPPED, PlanNode, PlanRefused, plan_for
 from actors.state import StateStore, Superseded
 from storage import queries
 from storage.models import DataSource

@@ -64,8 +64,8 @@ class Baseline:
             return _response(HTTPStatus.OK, body, "application/json")
         if path == "/metrics":
             text = (
-                "# TYPE planpulse_events_published counter\n"
-                f"planpulse_events_published_total {self.published}\n"
+                "# TYPE planpulse_bus_changes_received counter\n"
+                f"planpulse_bus_changes_received_total {self.published}\n"
                 f"planpulse_connections {self.connections}\n"
             )
             return _response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")

@@ -812,7 +812,7 @@ class LoadTest:
         assert server is not None and clients is not None and control is not None
         subscriptions = args.subscriptions or args.connections
         offered = rate * subscriptions / args.projects
-        published_before = server.metric("planpulse_events_published_total")
+        published_before = server.metric("planpulse_bus_changes_received_total")
         stages_before = server.metrics(STAGE_METRICS)
         cpu_server = server.cpu_seconds()
         cpu_clients = clients.cpu_seconds()
@@ -852,7 +852,7 @@ class LoadTest:
                 cut_off = now - last_change < 1.0
                 break
         self.progress.done()
-        published_after = server.metric("planpulse_events_published_total")
+        published_after = server.metric("planpulse_bus_changes_received_total")
         stages_after = server.metrics(STAGE_METRICS)
         cpu_server_after = server.cpu_seconds()
         cpu_clients_after = clients.cpu_seconds()
@@ -1246,8 +1246,8 @@ STAGE_METRICS = (
     "planpulse_loadgen_changes_total",
     "planpulse_loadgen_batches_total",
     "planpulse_loadgen_max_lag_seconds",
-    "planpulse_delivery_latency_seconds_sum",
-    "planpulse_delivery_latency_seconds_count",
+    "planpulse_handover_latency_seconds_sum",
+    "planpulse_handover_latency_seconds_count",
 )
 
 
@@ -1278,9 +1278,9 @@ def stage_split(before: dict[str, float], after: dict[str, float]) -> dict[str, 
         out["changes_per_batch"] = round(changes / batches, 1) if batches else 0.0
         if "planpulse_loadgen_max_lag_seconds" in after:
             out["loadgen_max_lag_ms"] = round(after["planpulse_loadgen_max_lag_seconds"] * 1e3, 1)
-    handed = delta("planpulse_delivery_latency_seconds_count")
+    handed = delta("planpulse_handover_latency_seconds_count")
     if handed:
-        total = delta("planpulse_delivery_latency_seconds_sum") or 0.0
+        total = delta("planpulse_handover_latency_seconds_sum") or 0.0
         out["handover_ms_mean"] = round(total / handed * 1e3, 2)
     return out
 

@@ -1,6 +1,6 @@
 """Who may do what: bearer tokens from the `connection_init` payload, and Origin checks.
 
-Tokens are stored hashed (storage.queries.create_token) and scoped to projects, or admin.
+Tokens are stored hashed (storage.tokens.create_token) and scoped to projects, or admin.
 Auth is on whenever the server listens on anything but loopback: a service reachable from
 other machines never runs open by accident.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from storage import queries
+from storage import tokens
 from storage.db import Database
 
 
@@ -55,7 +55,7 @@ class Authenticator:
         if raw is None:
             return None
         with self.db.read() as s:
-            token = queries.find_token(s, raw)
+            token = tokens.find_token(s, raw)
             if token is None:
                 return None
             user = token.name or f"token-{token.id}"

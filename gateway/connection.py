@@ -25,7 +25,7 @@ from gateway.errors import internal_error, public_errors
 from gateway.operations import error_dict, operation_of, subscription_request
 from gateway.outbox import SLOW_CONSUMER_CODE, Outbox
 from gateway.presence import ConnectionPresence
-from gateway.schema import RequestContext
+from gateway.services import RequestContext
 from gateway.subscriber import SubscriptionMailbox
 from gateway.websockets_internals import SocketSink
 

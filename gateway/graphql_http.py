@@ -19,7 +19,7 @@ from graphql import ExecutionResult, GraphQLError, GraphQLSchema, OperationType,
 
 from gateway.errors import public_errors
 from gateway.operations import DocumentCache, error_dict, operation_of
-from gateway.schema import RequestContext
+from gateway.services import RequestContext
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"

@@ -8,6 +8,7 @@ upgrades never come here (gateway/server.py and gateway/connection.py take those
 from __future__ import annotations
 
 import asyncio
+import os
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from gateway.auth import origin_allowed
 from gateway.errors import internal_error
 from gateway.http import HttpReply, HttpRequest, HttpStream
 from gateway.operations import error_dict, operation_of, subscription_request
-from gateway.schema import RequestContext
+from gateway.services import RequestContext
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -260,6 +261,7 @@ class HttpRoutes:
             "bus": {"ok": bus},
             "connections": len(self.gateway.connections),
             "projectActors": self.gateway.services.hub.actor_count,
+            "pid": os.getpid(),  # which process answered (`serve --processes N`)
         }
         status = HTTPStatus.OK if database and bus else HTTPStatus.SERVICE_UNAVAILABLE
         return _response(status, orjson.dumps(body), "application/json")

@@ -33,25 +33,24 @@ The one thing the reference allows that this core does not: operations without a
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 import orjson
 
 from gateway.protocol import (
-    _SENDABLE_STANDARD_CODES,
-    _SENDABLE_STANDARD_CODES_EXTRA,
     Action,
-    Authenticate,
-    Close,
     CloseCode,
+    OperationCore,
     Send,
     StartOperation,
     State,
     StopOperation,
+    _decode_object,
     _json_type,
-    _limit_reason,
     _quote,
+)
+from gateway.protocol import (
+    _BadMessage as MalformedMessage,
 )
 
 __all__ = ["SUBPROTOCOL", "KEEPALIVE_TEXT", "LegacyServerProtocol"]
@@ -62,7 +61,6 @@ SUBPROTOCOL: Final = "graphql-ws"
 KEEPALIVE_TEXT: Final = '{"type":"ka"}'
 
 _FORBIDDEN: Final = "Forbidden"
-_TOO_MANY_INIT: Final = "Too many initialisation requests"
 _INIT_TIMEOUT: Final = "Connection initialisation timeout"
 _INTERNAL_ERROR: Final = "Internal server error"
 _NORMAL: Final = "connection_terminate received"
@@ -103,7 +101,7 @@ def error_payload(errors: list[dict[str, Any]]) -> dict[str, Any]:
     return {"message": f"{first} (and {len(errors) - 1} more errors)", "errors": errors}
 
 
-class _BadMessage(Exception):
+class _BadMessage(MalformedMessage):
     """A client message the server cannot use; ``op_id`` set when it names an operation."""
 
     def __init__(self, text: str, op_id: str | None = None) -> None:
@@ -111,7 +109,7 @@ class _BadMessage(Exception):
         self.op_id = op_id
 
 
-class LegacyServerProtocol:
+class LegacyServerProtocol(OperationCore):
     """The server side of one legacy ``graphql-ws`` connection, as a state machine.
 
     Same contract as :class:`gateway.protocol.ServerProtocol`: public methods return actions
@@ -119,40 +117,24 @@ class LegacyServerProtocol:
     ``keepalive`` never raise; the others raise on the caller's programming errors.
     """
 
-    __slots__ = ("_active", "_held", "_keepalive", "_max_operations", "_state")
+    __slots__ = ("_held", "_keepalive")
+
+    _RESULT_PREFIX_HEAD = _DATA_PREFIX_HEAD
+    _RESULT_PREFIX_TAIL = _DATA_PREFIX_TAIL
 
     def __init__(self, *, max_operations: int = 100, keepalive: bool = True) -> None:
         """``max_operations`` caps operations at once, as in the other core; ``keepalive``
         says whether the server sends ``ka`` (right after the ack, and on each
         :meth:`keepalive`)."""
-        if isinstance(max_operations, bool) or not isinstance(max_operations, int):
-            raise TypeError("max_operations must be an int")
-        if max_operations < 1:
-            raise ValueError("max_operations must be at least 1")
-        self._max_operations: int = max_operations
+        super().__init__(max_operations=max_operations)
         self._keepalive = bool(keepalive)
-        self._state: State = State.AWAITING_INIT
-        self._active: dict[str, None] = {}
         # Operations started while authenticating, in arrival order, by id.
         self._held: dict[str, StartOperation] = {}
-
-    @property
-    def state(self) -> State:
-        return self._state
-
-    @property
-    def active_ids(self) -> frozenset[str]:
-        """Ids of operations started (handed to the caller) and not yet finished."""
-        return frozenset(self._active)
 
     @property
     def held_ids(self) -> frozenset[str]:
         """Ids of operations waiting for the connection to be accepted."""
         return frozenset(self._held)
-
-    @property
-    def max_operations(self) -> int:
-        return self._max_operations
 
     # ----------------------------------------------------------------------------------------
     # Input from the client
@@ -169,22 +151,16 @@ class LegacyServerProtocol:
             return []
         try:
             return self._receive(data)
-        except _BadMessage as exc:
-            if exc.op_id is not None:
-                return [_operation_error(exc.op_id, str(exc), "BAD_REQUEST")]
+        except MalformedMessage as exc:
+            op_id = getattr(exc, "op_id", None)
+            if op_id is not None:
+                return [_operation_error(op_id, str(exc), "BAD_REQUEST")]
             return [_connection_error(str(exc))]
         except Exception:  # the contract: never raise on client input
             return self._close(CloseCode.INTERNAL_ERROR, _INTERNAL_ERROR)
 
     def _receive(self, data: str | bytes) -> list[Action]:
-        if not isinstance(data, str | bytes | bytearray | memoryview):
-            raise _BadMessage("a message must be JSON text")
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise _BadMessage("the message is not valid JSON") from None
-        if not isinstance(message, dict):
-            raise _BadMessage(f"a message must be a JSON object, not {_json_type(message)}")
+        message = _decode_object(data)
         kind = message.get("type")
         if not isinstance(kind, str):
             raise _BadMessage(f'a message needs a string "type", not {_json_type(kind)}')
@@ -237,12 +213,6 @@ class LegacyServerProtocol:
         if not isinstance(extensions, dict):
             extensions = None
         return StartOperation(op_id, query, variables, operation_name, extensions)
-
-    def _on_connection_init(self, payload: dict[str, Any] | None) -> list[Action]:
-        if self._state is not State.AWAITING_INIT:
-            return self._close(CloseCode.TOO_MANY_INIT_REQUESTS, _TOO_MANY_INIT)
-        self._state = State.AUTHENTICATING
-        return [Authenticate(payload)]
 
     def _too_many(self, op_id: str) -> Send:
         limit = self._max_operations
@@ -342,78 +312,16 @@ class LegacyServerProtocol:
             return [Send(KEEPALIVE_TEXT)]
         return []
 
-    def complete(self, id: str) -> list[Action]:
-        """The server finished operation ``id``: ``complete``; ``[]`` if it is not active."""
-        if id not in self._active:
-            return []
-        del self._active[id]
-        return [Send(_dumps({"type": "complete", "id": id}))]
+    def _complete_text(self, id: str) -> str:
+        return _dumps({"type": "complete", "id": id})
 
-    def error(self, id: str, errors: list[dict[str, Any]]) -> list[Action]:
-        """Operation ``id`` failed before any result: ``error`` (see :func:`error_payload`).
-
-        No ``complete`` follows: the client drops the operation on ``error``.
-        """
-        if (
-            not isinstance(errors, list)
-            or not errors
-            or not all(isinstance(e, dict) and isinstance(e.get("message"), str) for e in errors)
-        ):
-            raise ValueError(
-                'errors must be a non-empty list of GraphQL error objects with a string "message"'
-            )
-        if id not in self._active:
-            return []
-        text = _dumps({"type": "error", "id": id, "payload": error_payload(errors)})
-        del self._active[id]
-        return [Send(text)]
-
-    def close(self, code: int, reason: str) -> list[Action]:
-        """The server ends the connection; same rules as the other core's ``close``."""
-        if isinstance(code, bool) or not isinstance(code, int):
-            raise TypeError("code must be an int")
-        if not (
-            code in _SENDABLE_STANDARD_CODES
-            or code in _SENDABLE_STANDARD_CODES_EXTRA
-            or 3000 <= code <= 4999
-        ):
-            raise ValueError(f"{code} is not a close code an endpoint may send")
-        if not isinstance(reason, str):
-            raise TypeError("reason must be a str")
-        if self._state is State.CLOSED:
-            return []
-        return self._close(code, reason)
-
-    # ----------------------------------------------------------------------------------------
-    # Building ``data`` frames
-    # ----------------------------------------------------------------------------------------
-
-    def next_text(self, id: str, payload_json: str) -> str:
-        """The text of a ``data`` frame for active operation ``id`` (the rare path)."""
-        if id not in self._active:
-            raise KeyError(f"operation {id!r} is not active")
-        return self.next_prefix(id).decode("utf-8") + payload_json + "}"
-
-    @staticmethod
-    def next_prefix(id: str) -> bytes:
-        """``b'{"type":"data","id":<id as JSON>,"payload":'``: computed once per operation.
-
-        The fan-out appends the event's payload (``{"data":...}``, serialised once for every
-        subscriber) and ``}``, exactly as for graphql-transport-ws's ``next`` frames.
-        """
-        if not isinstance(id, str):
-            raise TypeError("id must be a str")
-        try:
-            quoted = orjson.dumps(id)
-        except orjson.JSONEncodeError:
-            quoted = json.dumps(id, ensure_ascii=True).encode("ascii")
-        return _DATA_PREFIX_HEAD + quoted + _DATA_PREFIX_TAIL
+    def _error_text(self, id: str, errors: list[dict[str, Any]]) -> str:
+        # No ``complete`` follows: the client drops the operation on ``error``.
+        return _dumps({"type": "error", "id": id, "payload": error_payload(errors)})
 
     def _close(self, code: int, reason: str) -> list[Action]:
-        self._state = State.CLOSED
-        self._active.clear()
         self._held.clear()
-        return [Close(code, _limit_reason(reason))]
+        return super()._close(code, reason)
 
     def __repr__(self) -> str:
         return (

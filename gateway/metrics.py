@@ -30,11 +30,11 @@ from storage.retry import COUNTS
 
 class GatewayMetrics:
     def __init__(
-        self, active_actors: Callable[[], int], changes_published: Callable[[], int]
+        self, active_actors: Callable[[], int], changes_received: Callable[[], int]
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        r.register(_CallbackCounter("planpulse_events_published", _PUBLISHED, changes_published))
+        r.register(_CallbackCounter("planpulse_bus_changes_received", _RECEIVED, changes_received))
         ProcessCollector(registry=r)  # RSS, CPU, open fds of this process (process_*)
         # Faults of the event path, repaired (process-wide counts: storage/retry.py, actors/).
         r.register(_CallbackCounter("planpulse_publish_failures", _PUB_FAIL, _publish_failures))
@@ -44,13 +44,15 @@ class GatewayMetrics:
         self.subscriptions = Gauge("planpulse_subscriptions", "Active subscriptions", registry=r)
         self.actors = Gauge("planpulse_project_actors", "Running project actors", registry=r)
         self.actors.set_function(lambda: float(active_actors()))
-        self.events_delivered = Counter(
-            "planpulse_events_delivered",
-            "State changes handed to at least one subscriber's outbox",
+        self.changes_handed_over = Counter(
+            "planpulse_changes_handed_over",
+            "State changes handed to at least one subscriber's outbox (written after)",
             registry=r,
         )
         self.frames_delivered = Counter(
-            "planpulse_frames_delivered", "Frames written to WebSocket connections", registry=r
+            "planpulse_frames_delivered",
+            "Frames written to subscribers' connections (WebSocket and SSE)",
+            registry=r,
         )
         self.frames_coalesced = Counter(
             "planpulse_frames_coalesced",
@@ -64,9 +66,9 @@ class GatewayMetrics:
         )
         self._delivered: deque[tuple[str, float]] = deque()  # (timestamp, handed over at)
         self._observing = threading.Lock()
-        self.delivery_latency = Histogram(
-            "planpulse_delivery_latency_seconds",
-            "From a state change's timestamp to its frame being written",
+        self.handover_latency = Histogram(
+            "planpulse_handover_latency_seconds",
+            "From a state change's timestamp to its frames handed to the subscribers' outboxes",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
@@ -89,7 +91,7 @@ class GatewayMetrics:
         )
 
     def watch_loadgen(self, timings: Any) -> None:
-        """The load generator's stage timings (actors.loadgen.LoadTimings), read at scrape."""
+        """The load generator's stage timings (bench.loadgen.LoadTimings), read at scrape."""
         r = self.registry
         for name, doc, attr in (
             ("planpulse_loadgen_persist_seconds", "Persisting (StateStore)", "persist_seconds"),
@@ -138,9 +140,9 @@ class GatewayMetrics:
                 except ValueError:
                     continue
                 last_text = timestamp
-            self.delivery_latency.observe(max(0.0, seen - happened))
+            self.handover_latency.observe(max(0.0, seen - happened))
             count += 1
-        self.events_delivered.inc(count)
+        self.changes_handed_over.inc(count)
 
     def render(self) -> bytes:
         with self._observing:
@@ -157,7 +159,7 @@ def _publish_failures() -> int:
     return PUBLISH_FAILURES.value
 
 
-_PUBLISHED = "State changes received from the bus by this process (whether or not watched)"
+_RECEIVED = "State changes received from the bus by this process (whether or not watched)"
 
 
 class _CallbackCounter(Collector):

@@ -215,18 +215,35 @@ class _BadMessage(Exception):
     """A client message breaks the protocol; its text follows ``Invalid message received: ``."""
 
 
-class ServerProtocol:
-    """The server side of one graphql-transport-ws connection, as a state machine.
+def _decode_object(data: str | bytes) -> dict[str, Any]:
+    """One client message as a JSON object, or :class:`_BadMessage` saying why not (both
+    cores: the subprotocols differ in what they do with a bad message, not in what is one)."""
+    if not isinstance(data, str | bytes | bytearray | memoryview):
+        raise _BadMessage("a message must be JSON text")
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise _BadMessage("the message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise _BadMessage(f"a message must be a JSON object, not {_json_type(message)}")
+    return message
 
-    Every public method returns the actions to perform, in order; the caller performs them
-    and feeds the outcome back. ``receive``, ``accept``, ``reject`` and ``init_timeout`` never
-    raise, whatever they are given, because they face client input or timers and a raise
-    there would tear down the server's connection task instead of closing cleanly. The other
-    methods raise on programming errors (wrong types, invalid errors), which are bugs of the
-    caller and should be loud.
+
+class OperationCore:
+    """What both subprotocol cores share: the connection's state, the operations it runs
+    and the rules for ending them; each core adds its own wire format.
+
+    ``ServerProtocol`` (graphql-transport-ws) and ``gateway.legacy_protocol.
+    LegacyServerProtocol`` (graphql-ws) differ in their messages and in what a malformed
+    message does, never in this bookkeeping: an id is active from its start until either
+    side ends it, ``complete``/``error`` free it, ``close`` ends everything once.
     """
 
     __slots__ = ("_active", "_max_operations", "_state")
+
+    # The bytes around an operation's id at the start of its result frames.
+    _RESULT_PREFIX_HEAD: bytes
+    _RESULT_PREFIX_TAIL: bytes
 
     def __init__(self, *, max_operations: int = 100) -> None:
         """``max_operations`` caps operations running at once on this connection.
@@ -243,10 +260,6 @@ class ServerProtocol:
         # A dict keeps start order, which makes logs and tests deterministic.
         self._active: dict[str, None] = {}
 
-    # ----------------------------------------------------------------------------------------
-    # Introspection
-    # ----------------------------------------------------------------------------------------
-
     @property
     def state(self) -> State:
         """The connection's current :class:`State`."""
@@ -261,6 +274,123 @@ class ServerProtocol:
     def max_operations(self) -> int:
         """The cap on operations running at once, as given to the constructor."""
         return self._max_operations
+
+    def _on_connection_init(self, payload: dict[str, Any] | None) -> list[Action]:
+        if self._state is not State.AWAITING_INIT:
+            return self._close(CloseCode.TOO_MANY_INIT_REQUESTS, _TOO_MANY_INIT)
+        self._state = State.AUTHENTICATING
+        return [Authenticate(payload)]
+
+    def complete(self, id: str) -> list[Action]:
+        """The server finished operation ``id``: send ``complete`` and free the id.
+
+        Returns ``[]`` when ``id`` is not active, which is normal when the client completed
+        it first (both protocols tolerate both sides completing at once).
+        """
+        if id not in self._active:
+            return []
+        del self._active[id]
+        return [Send(self._complete_text(id))]
+
+    def error(self, id: str, errors: list[dict[str, Any]]) -> list[Action]:
+        """Operation ``id`` failed: send an ``error`` message and free the id.
+
+        ``errors`` must be a non-empty list of GraphQL error objects, each with a string
+        ``message``; anything else raises ``ValueError``, since sending it would make the
+        client drop the connection. No ``complete`` follows an error, in either protocol.
+        ``[]`` if ``id`` is not active.
+        """
+        if (
+            not isinstance(errors, list)
+            or not errors
+            or not all(isinstance(e, dict) and isinstance(e.get("message"), str) for e in errors)
+        ):
+            raise ValueError(
+                'errors must be a non-empty list of GraphQL error objects with a string "message"'
+            )
+        if id not in self._active:
+            return []
+        text = self._error_text(id, errors)
+        del self._active[id]
+        return [Send(text)]
+
+    def close(self, code: int, reason: str) -> list[Action]:
+        """The server wants to end the connection (slow consumer, shutdown, ...).
+
+        ``code`` must be one an endpoint may send (1000-1003, 1007-1014, 3000-4999), else
+        ``ValueError``. The reason is cut to 123 bytes. ``[]`` when already closed.
+        """
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError("code must be an int")
+        if not (
+            code in _SENDABLE_STANDARD_CODES
+            or code in _SENDABLE_STANDARD_CODES_EXTRA
+            or 3000 <= code <= 4999
+        ):
+            raise ValueError(f"{code} is not a close code an endpoint may send")
+        if not isinstance(reason, str):
+            raise TypeError("reason must be a str")
+        if self._state is State.CLOSED:
+            return []
+        return self._close(code, reason)
+
+    def next_text(self, id: str, payload_json: str) -> str:
+        """Return the text of a result frame for active operation ``id``.
+
+        ``payload_json`` is the execution result, already serialised to JSON; it is inserted
+        as is. For the rare path: the hot path caches :meth:`next_prefix` per operation and
+        builds bytes itself. Raises ``KeyError`` if ``id`` is not active, because a result
+        for a finished operation is a bug of the caller.
+        """
+        if id not in self._active:
+            raise KeyError(f"operation {id!r} is not active")
+        return self.next_prefix(id).decode("utf-8") + payload_json + "}"
+
+    @classmethod
+    def next_prefix(cls, id: str) -> bytes:
+        """The bytes of a result frame before its payload, for operation ``id``.
+
+        A fan-out to many subscribers serialises each event's payload once and then only
+        concatenates ``prefix + payload + b"}"`` per subscriber. The id is escaped by orjson,
+        so any id (quotes, backslashes, control characters, any Unicode) yields valid JSON;
+        an id with a lone surrogate (which no client can send) is escaped as ``\\uXXXX``.
+        """
+        if not isinstance(id, str):
+            raise TypeError("id must be a str")
+        try:
+            quoted = orjson.dumps(id)
+        except orjson.JSONEncodeError:
+            quoted = json.dumps(id, ensure_ascii=True).encode("ascii")
+        return cls._RESULT_PREFIX_HEAD + quoted + cls._RESULT_PREFIX_TAIL
+
+    def _complete_text(self, id: str) -> str:
+        raise NotImplementedError
+
+    def _error_text(self, id: str, errors: list[dict[str, Any]]) -> str:
+        raise NotImplementedError
+
+    def _close(self, code: int, reason: str) -> list[Action]:
+        """Move to ``closed`` and emit the one :class:`Close` of this connection."""
+        self._state = State.CLOSED
+        self._active.clear()
+        return [Close(code, _limit_reason(reason))]
+
+
+class ServerProtocol(OperationCore):
+    """The server side of one graphql-transport-ws connection, as a state machine.
+
+    Every public method returns the actions to perform, in order; the caller performs them
+    and feeds the outcome back. ``receive``, ``accept``, ``reject`` and ``init_timeout`` never
+    raise, whatever they are given, because they face client input or timers and a raise
+    there would tear down the server's connection task instead of closing cleanly. The other
+    methods raise on programming errors (wrong types, invalid errors), which are bugs of the
+    caller and should be loud.
+    """
+
+    __slots__ = ()
+
+    _RESULT_PREFIX_HEAD = _NEXT_PREFIX_HEAD
+    _RESULT_PREFIX_TAIL = _NEXT_PREFIX_TAIL
 
     # ----------------------------------------------------------------------------------------
     # Input from the client
@@ -282,14 +412,7 @@ class ServerProtocol:
             return self._close(CloseCode.INTERNAL_ERROR, _INTERNAL_ERROR)
 
     def _receive(self, data: str | bytes) -> list[Action]:
-        if not isinstance(data, str | bytes | bytearray | memoryview):
-            raise _BadMessage("a message must be JSON text")
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise _BadMessage("the message is not valid JSON") from None
-        if not isinstance(message, dict):
-            raise _BadMessage(f"a message must be a JSON object, not {_json_type(message)}")
+        message = _decode_object(data)
         if "type" not in message or message["type"] is None:
             raise _BadMessage('the message has no "type"')
         kind = message["type"]
@@ -353,12 +476,6 @@ class ServerProtocol:
         return StartOperation(op_id, query, variables, operation_name, extensions)
 
     # Handling.
-
-    def _on_connection_init(self, payload: dict[str, Any] | None) -> list[Action]:
-        if self._state is not State.AWAITING_INIT:
-            return self._close(CloseCode.TOO_MANY_INIT_REQUESTS, _TOO_MANY_INIT)
-        self._state = State.AUTHENTICATING
-        return [Authenticate(payload)]
 
     def _on_ping(self, payload: dict[str, Any] | None) -> list[Action]:
         # Allowed in any state ("at any time within the established socket"). The payload is
@@ -451,99 +568,12 @@ class ServerProtocol:
             return self._close(CloseCode.CONNECTION_INIT_TIMEOUT, _INIT_TIMEOUT)
         return []
 
-    def complete(self, id: str) -> list[Action]:
-        """The server finished operation ``id``: send ``complete`` and free the id.
+    def _complete_text(self, id: str) -> str:
+        return _dumps({"id": id, "type": "complete"})
 
-        Returns ``[]`` when ``id`` is not active, which is normal when the client completed
-        it first (the protocol tolerates both sides completing at once).
-        """
-        if id not in self._active:
-            return []
-        del self._active[id]
-        return [Send(_dumps({"id": id, "type": "complete"}))]
-
-    def error(self, id: str, errors: list[dict[str, Any]]) -> list[Action]:
-        """Operation ``id`` failed: send an ``error`` message and free the id.
-
-        ``errors`` must be a non-empty list of GraphQL error objects, each with a string
-        ``message`` (PROTOCOL.md: ``payload: GraphQLError[]``); anything else raises
-        ``ValueError``, since sending it would make the client close the socket. No
-        ``complete`` follows an error, per the protocol. ``[]`` if ``id`` is not active.
-        """
-        if (
-            not isinstance(errors, list)
-            or not errors
-            or not all(isinstance(e, dict) and isinstance(e.get("message"), str) for e in errors)
-        ):
-            raise ValueError(
-                'errors must be a non-empty list of GraphQL error objects with a string "message"'
-            )
-        if id not in self._active:
-            return []
-        text = _dumps({"id": id, "type": "error", "payload": errors})
-        del self._active[id]
-        return [Send(text)]
-
-    def close(self, code: int, reason: str) -> list[Action]:
-        """The server wants to end the connection (slow consumer, shutdown, ...).
-
-        ``code`` must be one an endpoint may send (1000-1003, 1007-1014, 3000-4999), else
-        ``ValueError``. The reason is cut to 123 bytes. ``[]`` when already closed.
-        """
-        if isinstance(code, bool) or not isinstance(code, int):
-            raise TypeError("code must be an int")
-        if not (
-            code in _SENDABLE_STANDARD_CODES
-            or code in _SENDABLE_STANDARD_CODES_EXTRA
-            or 3000 <= code <= 4999
-        ):
-            raise ValueError(f"{code} is not a close code an endpoint may send")
-        if not isinstance(reason, str):
-            raise TypeError("reason must be a str")
-        if self._state is State.CLOSED:
-            return []
-        return self._close(code, reason)
-
-    # ----------------------------------------------------------------------------------------
-    # Building ``next`` frames
-    # ----------------------------------------------------------------------------------------
-
-    def next_text(self, id: str, payload_json: str) -> str:
-        """Return the text of a ``next`` frame for active operation ``id``.
-
-        ``payload_json`` is the execution result, already serialised to JSON; it is inserted
-        as is. For the rare path: the hot path caches :meth:`next_prefix` per operation and
-        builds bytes itself. Raises ``KeyError`` if ``id`` is not active, because a ``next``
-        for a finished operation is a bug of the caller.
-        """
-        if id not in self._active:
-            raise KeyError(f"operation {id!r} is not active")
-        return self.next_prefix(id).decode("utf-8") + payload_json + "}"
-
-    @staticmethod
-    def next_prefix(id: str) -> bytes:
-        """Return ``b'{"id":<id as JSON>,"type":"next","payload":'`` for operation ``id``.
-
-        A fan-out to many subscribers serialises each event's payload once and then only
-        concatenates ``prefix + payload + b"}"`` per subscriber. The id is escaped by orjson,
-        so any id (quotes, backslashes, control characters, any Unicode) yields valid JSON;
-        an id with a lone surrogate (which no client can send) is escaped as ``\\uXXXX``.
-        """
-        if not isinstance(id, str):
-            raise TypeError("id must be a str")
-        try:
-            quoted = orjson.dumps(id)
-        except orjson.JSONEncodeError:
-            quoted = json.dumps(id, ensure_ascii=True).encode("ascii")
-        return _NEXT_PREFIX_HEAD + quoted + _NEXT_PREFIX_TAIL
-
-    # ----------------------------------------------------------------------------------------
-
-    def _close(self, code: int, reason: str) -> list[Action]:
-        """Move to ``closed`` and emit the one :class:`Close` of this connection."""
-        self._state = State.CLOSED
-        self._active.clear()
-        return [Close(code, _limit_reason(reason))]
+    def _error_text(self, id: str, errors: list[dict[str, Any]]) -> str:
+        # PROTOCOL.md: ``payload: GraphQLError[]``.
+        return _dumps({"id": id, "type": "error", "payload": errors})
 
     def __repr__(self) -> str:
         return (

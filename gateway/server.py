@@ -34,7 +34,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.http_routes import HttpRoutes, _response
 from gateway.metrics import GatewayMetrics
 from gateway.operations import DocumentCache, SelectionCache
-from gateway.schema import Services
+from gateway.services import Services
 from gateway.websockets_internals import forget_handshake, front_door
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ class GatewayConfig:
     auth: bool | None = None
     worker_threads: int = 8
     open_timeout: float = 10.0
+    # SO_REUSEPORT: several processes listen on one port (`serve --processes N`).
+    reuse_port: bool = False
 
 
 class Gateway:
@@ -120,6 +122,7 @@ class Gateway:
             # before websockets reads it; it applies the WebSocket open timeout itself.
             create_connection=self._front_door,
             open_timeout=None,
+            reuse_port=self.config.reuse_port,
         )
         return self.server
 

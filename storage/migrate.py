@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from storage.models import ExecutionEvent, Project
-from storage.queries import node_routes
+from storage.queries import node_id_map
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _resolve_old_rows(s: Session) -> None:
     pending = select(events.project_id).where(events.nodes.is_(None)).distinct()
     project_ids = s.scalars(select(Project.id).where(Project.id.in_(pending))).all()
     for project_id in project_ids:
-        by_source, types = node_routes(s, project_id)
+        by_source, types = node_id_map(s, project_id)
         old = (events.project_id == project_id) & events.nodes.is_(None)
         for source_id, node_ids in by_source.items():
             s.execute(

@@ -1,30 +1,25 @@
 """The queries the gateway and the actors need, each taking an open Session.
 
 Nothing here commits: the caller's ``Database.write()`` block is the transaction, so that an
-entity row and its event-log row are always persisted together.
+entity row and its event-log row are always persisted together. The shapes of what is
+logged are storage/payloads.py; API tokens storage/tokens.py; the load path's batched writes
+storage/group_commit.py.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import secrets
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
-import orjson
-from sqlalchemy import DateTime, and_, delete, func, select, update
-from sqlalchemy.engine import Dialect
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import (
     NODE_TYPES,
     PLAN_ENTITY,
     STATUS_ENTITIES,
-    ApiToken,
     DataSource,
     ExecutionEvent,
     Graph,
@@ -34,6 +29,7 @@ from storage.models import (
     Project,
     utcnow,
 )
+from storage.payloads import rfc3339
 
 
 class NotFound(LookupError):
@@ -42,15 +38,6 @@ class NotFound(LookupError):
 
 class InvalidInput(ValueError):
     """Input that breaks a data rule; the message names the field and what to do."""
-
-
-def rfc3339(value: datetime | None) -> str | None:
-    """UTC, RFC 3339, millisecond precision: what the frontend parses."""
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite returns naive datetimes; they were stored as UTC
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --- projects ---------------------------------------------------------------------------
@@ -247,12 +234,16 @@ def data_source_node_ids(s: Session, project_id: int, data_source_id: int) -> li
     )
 
 
-def node_routes(s: Session, project_id: int) -> tuple[dict[int, list[str]], dict[str, str]]:
-    """The whole node-ID map of a project: data source id → node ids, node id → node type.
+class NodeIdMap(NamedTuple):
+    """A project's node-ID map: which nodes name each data source, and every node's type."""
 
-    The plan as it is now: for a one-off resolution of rows that were logged without theirs
-    (storage/migrate.py), never for reading history.
-    """
+    by_source: dict[int, list[str]]  # data source id → its DataSourceNodes' ids, sorted
+    types: dict[str, str]  # node id → node type
+
+
+def node_id_map(s: Session, project_id: int) -> NodeIdMap:
+    """The whole node-ID map of a project, as the plan is now: for a one-off resolution
+    of rows that were logged without theirs (storage/migrate.py), never for history."""
     by_source: dict[int, list[str]] = {}
     types: dict[str, str] = {}
     for node_id, node_type, config in s.execute(
@@ -267,7 +258,7 @@ def node_routes(s: Session, project_id: int) -> tuple[dict[int, list[str]], dict
                 by_source.setdefault(source_id, []).append(node_id)
     for ids in by_source.values():
         ids.sort()
-    return by_source, types
+    return NodeIdMap(by_source, types)
 
 
 def resolve_nodes(
@@ -288,38 +279,6 @@ def resolve_nodes(
         )
     )
     return [[node_id, node_type]] if node_type is not None else []
-
-
-def plan_node_payload(node: PlanDagNode) -> dict[str, Any]:
-    """A Plan DAG node as a plan-edit event carries it."""
-    return {
-        "id": node.id,
-        "nodeType": node.node_type,
-        "config": node.config,
-        "metadata": node.node_metadata,
-        "positionX": node.position_x,
-        "positionY": node.position_y,
-    }
-
-
-def plan_edge_payload(edge: PlanDagEdge) -> dict[str, Any]:
-    """A Plan DAG edge as a plan-edit event carries it."""
-    return {
-        "id": edge.id,
-        "source": edge.source,
-        "target": edge.target,
-        "metadata": edge.edge_metadata,
-    }
-
-
-def node_change(operation: str, node: PlanDagNode) -> dict[str, Any]:
-    """The payload of a plan-edit event on a node: operation "added", "updated", "removed"."""
-    return {"type": "node", "operation": operation, "node": plan_node_payload(node)}
-
-
-def edge_change(operation: str, edge: PlanDagEdge) -> dict[str, Any]:
-    """The payload of a plan-edit event on an edge: operation "added" or "removed"."""
-    return {"type": "edge", "operation": operation, "edge": plan_edge_payload(edge)}
 
 
 PLAN_NAME_LIMIT = 200
@@ -379,11 +338,6 @@ def update_plan_metadata(
     return plan_metadata(s, project)
 
 
-def metadata_change(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The payload of a plan-edit event on the plan's metadata."""
-    return {"type": "metadata", "operation": "updated", "metadata": metadata}
-
-
 def edges_of_node(s: Session, project_id: int, node_id: str) -> Sequence[PlanDagEdge]:
     """The edges into and out of a node (removed with it)."""
     return s.scalars(
@@ -399,6 +353,11 @@ def edges_of_node(s: Session, project_id: int, node_id: str) -> Sequence[PlanDag
 # --- data sources -------------------------------------------------------------------------
 
 
+class CreatedDataSource(NamedTuple):
+    source: DataSource
+    node: PlanDagNode | None  # its DataSourceNode, unless asked for none
+
+
 def create_data_source(
     s: Session,
     project_id: int,
@@ -409,7 +368,7 @@ def create_data_source(
     data_type: str,
     content: str,
     add_node_for_it: bool = True,
-) -> tuple[DataSource, PlanDagNode | None]:
+) -> CreatedDataSource:
     """Store a file and (as the frontend expects) a DataSourceNode naming it."""
     require_project(s, project_id)
     if not name.strip():
@@ -438,7 +397,7 @@ def create_data_source(
             config={"dataSourceId": source.id, "filename": filename, "dataType": data_type},
             metadata={"label": name},
         )
-    return source, node
+    return CreatedDataSource(source, node)
 
 
 def require_data_source(s: Session, data_source_id: int) -> DataSource:
@@ -451,18 +410,6 @@ def require_data_source(s: Session, data_source_id: int) -> DataSource:
 def list_data_sources(s: Session, project_id: int) -> Sequence[DataSource]:
     stmt = select(DataSource).where(DataSource.project_id == project_id)
     return s.scalars(stmt.order_by(DataSource.id)).all()
-
-
-def data_source_payload(source: DataSource) -> dict[str, Any]:
-    """The `DataSourceExecutionMetadata` of the contract, as stored in the event log."""
-    return {
-        "dataSourceId": source.id,
-        "filename": source.filename,
-        "status": source.status,
-        "processedAt": rfc3339(source.processed_at),
-        "executionState": source.execution_state,
-        "errorMessage": source.error_message,
-    }
 
 
 # --- graphs -------------------------------------------------------------------------------
@@ -483,18 +430,6 @@ def get_graph_by_node(s: Session, project_id: int, node_id: str) -> Graph | None
 
 def list_graphs(s: Session, project_id: int) -> Sequence[Graph]:
     return s.scalars(select(Graph).where(Graph.project_id == project_id).order_by(Graph.id)).all()
-
-
-def graph_payload(graph: Graph) -> dict[str, Any]:
-    """The `GraphExecutionMetadata` of the contract, as stored in the event log."""
-    return {
-        "graphId": graph.id,
-        "nodeCount": graph.node_count,
-        "edgeCount": graph.edge_count,
-        "executionState": graph.execution_state,
-        "computedDate": rfc3339(graph.computed_date),
-        "errorMessage": graph.error_message,
-    }
 
 
 # --- the event log ------------------------------------------------------------------------
@@ -585,14 +520,19 @@ def events_after(
     return s.scalars(stmt).all()
 
 
-def entity_ids(s: Session, project_id: int) -> tuple[set[int], dict[str, int]]:
+class EntityIds(NamedTuple):
+    data_sources: set[int]  # the project's data source ids
+    graphs: dict[str, int]  # node id → its graph row's id
+
+
+def entity_ids(s: Session, project_id: int) -> EntityIds:
     """The project's data source ids, and its graphs' ids by node: ids only (no file
     content, no graph JSON), for a snapshot that takes states from the log."""
     sources = set(s.scalars(select(DataSource.id).where(DataSource.project_id == project_id)))
     graphs = dict(
         s.execute(select(Graph.node_id, Graph.id).where(Graph.project_id == project_id)).all()
     )
-    return sources, graphs
+    return EntityIds(sources, graphs)
 
 
 def latest_status_events(
@@ -641,216 +581,3 @@ def prune_events(s: Session, project_id: int, keep: int) -> int:
         )
     )
     return result.rowcount or 0
-
-
-# --- API tokens ---------------------------------------------------------------------------
-
-TOKEN_PREFIX = "pp_"
-
-
-def hash_token(raw: str) -> str:
-    return hashlib.sha256(raw.encode()).hexdigest()
-
-
-def create_token(
-    s: Session, *, project_ids: Sequence[int] = (), admin: bool = False, name: str = ""
-) -> tuple[ApiToken, str]:
-    """A new bearer token; the raw value is returned once and only its hash is stored."""
-    if not admin and not project_ids:
-        raise InvalidInput("a token needs at least one project (--project N) or --admin")
-    for project_id in project_ids:
-        require_project(s, project_id)
-    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken(
-        token_hash=hash_token(raw), name=name, project_ids=sorted(set(project_ids)), admin=admin
-    )
-    s.add(token)
-    s.flush()
-    return token, raw
-
-
-def find_token(s: Session, raw: str) -> ApiToken | None:
-    return s.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(raw)))
-
-
-def list_tokens(s: Session) -> Sequence[ApiToken]:
-    return s.scalars(select(ApiToken).order_by(ApiToken.id)).all()
-
-
-def revoke_token(s: Session, token_id: int) -> bool:
-    return bool(s.execute(delete(ApiToken).where(ApiToken.id == token_id)).rowcount)
-
-
-# --- group commit -------------------------------------------------------------------------
-
-
-def record_data_source_states(
-    s: Session, changes: Sequence[tuple[int, int, dict[str, Any]]], now: datetime
-) -> list[tuple[int, int, int, dict[str, Any], list[list[str]]]]:
-    """Persist many data-source state changes in the caller's transaction (group commit).
-
-    `changes` are (project id, data source id, payload) in order; each gets the next
-    sequence of its project. Returns (project id, sequence, data source id, payload,
-    nodes). The projects' counter rows are locked first (FOR UPDATE on PostgreSQL; SQLite's
-    BEGIN IMMEDIATE already holds the write lock), then the DataSourceNodes of those
-    projects are read once for the whole batch: the resolution every row stores, as of its
-    sequence (no plan edit of these projects can commit while the locks are held).
-
-    This is the load path, so the writes go to the driver's `executemany` with parameters
-    prepared here: the payload serialised with orjson, the timestamp converted once per
-    batch with the column type's own bind processor, each data source's nodes serialised
-    once per batch. SQLAlchemy's per-row parameter processing was most of the cost
-    (`bench/README.md`).
-    """
-    conn = s.connection()
-    counts: dict[int, int] = {}
-    for project_id, _source, _payload in changes:
-        counts[project_id] = counts.get(project_id, 0) + 1
-    sql = _group_commit_sql(conn.dialect)
-    ids = tuple(counts)
-    current = dict(conn.exec_driver_sql(sql.counters(len(ids)), ids).all())
-    missing = set(counts) - set(current)
-    if missing:
-        raise NotFound(f"project {min(missing)} does not exist")
-    nodes_of = _data_source_nodes(conn, sql, ids)
-    stamp = _datetime_param(conn.dialect, now)
-    conn.exec_driver_sql(
-        sql.update_project,
-        [(current[pid] + count, pid) for pid, count in counts.items()],
-    )
-    recorded = []
-    rows = []
-    final_state: dict[int, dict[str, Any]] = {}
-    serialised: dict[int, str] = {}
-    for project_id, source_id, payload in changes:
-        sequence = current[project_id] = current[project_id] + 1
-        nodes = nodes_of.get((project_id, source_id), [])
-        nodes_json = serialised.get(source_id)
-        if nodes_json is None:
-            nodes_json = serialised[source_id] = orjson.dumps(nodes).decode()
-        recorded.append((project_id, sequence, source_id, payload, nodes))
-        rows.append(
-            (
-                project_id,
-                sequence,
-                "datasource",
-                source_id,
-                None,
-                orjson.dumps(payload).decode(),
-                nodes_json,
-                stamp,
-            )
-        )
-        final_state[source_id] = payload
-    conn.exec_driver_sql(sql.insert_event, rows)
-    conn.exec_driver_sql(
-        sql.update_source,
-        [
-            (
-                payload["status"],
-                payload["executionState"],
-                payload["errorMessage"],
-                stamp if payload["processedAt"] else None,
-                stamp,
-                source_id,
-            )
-            for source_id, payload in final_state.items()
-        ],
-    )
-    return recorded
-
-
-def _data_source_nodes(
-    conn: Any, sql: _GroupCommitSql, project_ids: tuple[int, ...]
-) -> dict[tuple[int, int], list[list[str]]]:
-    """(project id, data source id) → its DataSourceNodes as [node id, type] pairs, sorted."""
-    found: dict[tuple[int, int], list[list[str]]] = {}
-    for project_id, node_id, config in conn.exec_driver_sql(
-        sql.data_source_nodes(len(project_ids)), project_ids
-    ):
-        if isinstance(config, str | bytes):  # SQLite's JSON is text; psycopg parses JSONB
-            config = orjson.loads(config)
-        if isinstance(config, dict) and isinstance(config.get("dataSourceId"), int):
-            key = (project_id, config["dataSourceId"])
-            found.setdefault(key, []).append([node_id, "DataSourceNode"])
-    for pairs in found.values():
-        pairs.sort()
-    return found
-
-
-@dataclass(frozen=True)
-class _GroupCommitSql:
-    placeholder: str  # the driver's: "?" or "%s"
-    locks: bool  # SELECT … FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE locks all)
-    update_project: str
-    insert_event: str
-    update_source: str
-    prune: str
-
-    # Driver SQL, not SQLAlchemy statements: an IN list of a new length made SQLAlchemy
-    # expand and re-process the statement each batch (about a third of the batch's CPU).
-    def counters(self, count: int) -> str:
-        """The batch's projects' sequence counters, locked, for `count` project ids."""
-        lock = " FOR UPDATE" if self.locks else ""
-        return (
-            f"SELECT id, last_sequence FROM {Project.__tablename__} "
-            f"WHERE id IN ({self._list(count)}){lock}"
-        )
-
-    def data_source_nodes(self, count: int) -> str:
-        """The DataSourceNodes (project id, node id, config) of `count` projects."""
-        return (
-            f"SELECT project_id, id, config FROM {PlanDagNode.__tablename__} "
-            f"WHERE project_id IN ({self._list(count)}) AND node_type = 'DataSourceNode'"
-        )
-
-    def _list(self, count: int) -> str:
-        return ", ".join([self.placeholder] * count)
-
-
-@functools.cache
-def _group_commit_sql(dialect: Dialect) -> _GroupCommitSql:
-    """The group commit's statements in the driver's own placeholder style ("?" or "%s")."""
-    p = "?" if dialect.paramstyle in ("qmark", "numeric") else "%s"
-    payload = p if dialect.name == "sqlite" else f"CAST({p} AS JSONB)"
-    return _GroupCommitSql(
-        placeholder=p,
-        locks=dialect.name != "sqlite",
-        update_project=f"UPDATE {Project.__tablename__} SET last_sequence = {p} WHERE id = {p}",
-        insert_event=(
-            f"INSERT INTO {ExecutionEvent.__tablename__} (project_id, sequence, entity, "
-            f"entity_id, node_id, payload, nodes, created_at) VALUES ({p}, {p}, {p}, {p}, "
-            f"{p}, {payload}, {payload}, {p})"
-        ),
-        update_source=(
-            f"UPDATE {DataSource.__tablename__} SET status = {p}, execution_state = {p}, "
-            f"error_message = {p}, processed_at = {p}, updated_at = {p} WHERE id = {p}"
-        ),
-        prune=(
-            f"DELETE FROM {ExecutionEvent.__tablename__} WHERE project_id = {p} AND sequence <= {p}"
-        ),
-    )
-
-
-def prune_events_upto(s: Session, newest: dict[int, int], keep: int) -> None:
-    """`prune_events` for many projects in one statement (the group commit's), each given
-    its newest sequence, which the caller knows: project id → newest sequence."""
-    if not newest:
-        return
-    conn = s.connection()
-    conn.exec_driver_sql(
-        _group_commit_sql(conn.dialect).prune,
-        [(project_id, sequence - keep) for project_id, sequence in newest.items()],
-    )
-
-
-def _datetime_param(dialect: Dialect, value: datetime) -> Any:
-    """`value` as the DateTime columns' bind processor hands it to this driver."""
-    processor = _datetime_processor(dialect)
-    return processor(value) if processor is not None else value
-
-
-@functools.cache
-def _datetime_processor(dialect: Dialect) -> Any:
-    """Made once per dialect: building the type's processor costs ~0.2 ms a batch."""
-    return DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)

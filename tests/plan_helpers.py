@@ -20,7 +20,7 @@ LEGAL = {
     ("completed", "pending"),
     ("error", "pending"),
     ("pending", "processing"),
-    ("pending", "error"),  # the run cannot go on (actors/plan.py PlanRun._abort)
+    ("pending", "error"),  # the run cannot go on (actors/plan_run.py PlanRun._abort)
     ("processing", "completed"),
     ("processing", "error"),
     ("pending", "not_started"),

@@ -300,12 +300,12 @@ def test_presence_join_cursor_rate_limit_and_abrupt_disconnect(server: Any) -> N
 
 def test_with_auth_the_token_names_the_editor(start_server: Any) -> None:
     from gateway.server import GatewayConfig
-    from storage import queries
+    from storage import queries, tokens
 
     server = start_server(gateway=GatewayConfig(port=0, auth=True))
     with server.app.db.write() as s:
         pid = queries.create_project(s, "p").id
-        token = queries.create_token(s, project_ids=[pid], name="alice@example.com")[1]
+        token = tokens.create_token(s, project_ids=[pid], name="alice@example.com").raw
 
     async def scenario() -> None:
         editor = await RawClient.open(server.url)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from gateway.server import GatewayConfig
-from storage import queries
+from storage import tokens
 from tests.node_tools import node_with_packages
 
 JS_DIR = Path(__file__).parent / "js-legacy"
@@ -66,7 +66,7 @@ def of(steps: list[dict], step: str) -> list[dict]:
 
 def admin_token(server: Any) -> str:
     with server.app.db.write() as s:
-        return queries.create_token(s, admin=True)[1]
+        return tokens.create_token(s, admin=True).raw
 
 
 def test_script_sends_the_verbatim_document() -> None:

@@ -150,7 +150,7 @@ def test_plan_runs_live_through_the_socket(server: Any) -> None:
     server.call(asyncio.wait_for(scenario(), 60), timeout=70)
 
 
-def test_editing_a_node_reroutes_the_very_next_event(server: Any) -> None:
+def test_editing_a_node_changes_the_nodes_of_the_very_next_event(server: Any) -> None:
     """A DataSourceNode re-pointed to another data source: the edit is logged, and with it
     the new source's current state for the node; the next event of the old source no
     longer names it, the new source's does (each change carries its resolved nodes)."""

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from actors.state import StateStore
-from storage import queries
+from storage import payloads, queries
 from storage.db import Database
 from storage.migrate import SchemaUpgradeError
 from storage.models import Base
@@ -57,7 +57,7 @@ def add_node(db: Database, store: StateStore, pid: int, node_id: str, source: in
         node = queries.add_node(
             s, pid, node_type="DataSourceNode", node_id=node_id, config={"dataSourceId": source}
         )
-        return store.plan_edit(s, pid, queries.node_change("added", node), names_source_of=node)
+        return store.plan_edit(s, pid, payloads.node_change("added", node), names_source_of=node)
 
 
 def remove_node(db: Database, store: StateStore, pid: int, node_id: str) -> list:
@@ -65,7 +65,7 @@ def remove_node(db: Database, store: StateStore, pid: int, node_id: str) -> list
         node = queries.get_node(s, pid, node_id)
         if node is None:
             return []
-        change = queries.node_change("removed", node)
+        change = payloads.node_change("removed", node)
         queries.delete_node(s, pid, node_id)
         return store.plan_edit(s, pid, change)
 
@@ -108,11 +108,11 @@ def test_graph_changes_name_their_node_while_it_exists(db: Database) -> None:
     pid = new_project(db)
     with db.write() as s:
         node = queries.add_node(s, pid, node_type="MergeNode", config={}, node_id="merge")
-        store.plan_edit(s, pid, queries.node_change("added", node))
+        store.plan_edit(s, pid, payloads.node_change("added", node))
     assert store.graph(pid, "merge", lambda g: None).nodes == (("merge", "MergeNode"),)
     with db.write() as s:
         node = queries.require_node(s, pid, "merge")
-        change = queries.node_change("removed", node)
+        change = payloads.node_change("removed", node)
         queries.delete_node(s, pid, "merge")
         store.plan_edit(s, pid, change)
     assert store.graph(pid, "merge", lambda g: None).nodes == ()

@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 from gateway.auth import auth_required
 from gateway.metrics import GatewayMetrics
 from gateway.server import GatewayConfig
-from storage import queries
+from storage import queries, tokens
 from tests.helpers import wait_until
 from tests.wsclient import SUBSCRIPTION, RawClient
 
@@ -152,7 +152,7 @@ def test_keepalive_drops_a_dead_peer(start_server: Any) -> None:
 
 def _token(server: Any, **kwargs: Any) -> str:
     with server.app.db.write() as s:
-        return queries.create_token(s, **kwargs)[1]
+        return tokens.create_token(s, **kwargs).raw
 
 
 def test_auth_is_on_off_loopback_only() -> None:
@@ -285,11 +285,11 @@ def test_healthz_and_metrics(server: Any) -> None:
         "planpulse_connections",
         "planpulse_subscriptions",
         "planpulse_project_actors",
-        "planpulse_events_published_total",
+        "planpulse_bus_changes_received_total",
         "planpulse_frames_delivered_total",
         "planpulse_frames_coalesced_total",
         "planpulse_slow_consumers_closed_total",
-        "planpulse_delivery_latency_seconds_bucket",
+        "planpulse_handover_latency_seconds_bucket",
         "process_resident_memory_bytes",
     ):
         assert name in text, name
@@ -325,5 +325,5 @@ def test_delivery_metrics_count_every_change_from_many_threads() -> None:
         thread.join(10)
     metrics.observe_delivery("not a timestamp")  # skipped, not counted
     text = metrics.render().decode()
-    assert f"planpulse_events_delivered_total {4 * per_thread}.0" in text
-    assert f"planpulse_delivery_latency_seconds_count {4 * per_thread}.0" in text
+    assert f"planpulse_changes_handed_over_total {4 * per_thread}.0" in text
+    assert f"planpulse_handover_latency_seconds_count {4 * per_thread}.0" in text

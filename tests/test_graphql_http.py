@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from gateway.server import GatewayConfig
-from storage import queries
+from storage import queries, tokens
 from tests.wsclient import RawClient
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
@@ -123,7 +123,7 @@ def test_token_auth(start_server: Any) -> None:
     with server.app.db.write() as s:
         mine = queries.create_project(s, "mine").id
         other = queries.create_project(s, "other").id
-        raw = queries.create_token(s, project_ids=[mine])[1]
+        raw = tokens.create_token(s, project_ids=[mine]).raw
     q = {"query": "query($id: Int!) { project(id: $id) { id } }"}
     status, headers, body = request(server, "POST", "/graphql", {**q, "variables": {"id": mine}})
     assert status == 401 and headers["WWW-Authenticate"] == "Bearer"

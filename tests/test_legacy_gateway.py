@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.server import GatewayConfig
-from storage import queries
+from storage import queries, tokens
 from tests.helpers import NODES_CSV, wait_until
 from tests.wsclient import SUBSCRIPTION, RawClient
 
@@ -38,7 +38,7 @@ def make_project(server: Any, name: str = "p") -> int:
 
 def token(server: Any, **kwargs: Any) -> str:
     with server.app.db.write() as s:
-        return queries.create_token(s, **kwargs)[1]
+        return tokens.create_token(s, **kwargs).raw
 
 
 async def legacy(server: Any, **kwargs: Any) -> RawClient:

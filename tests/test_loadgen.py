@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import urllib.request
 from typing import Any
 
-from actors.loadgen import LoadGenerator
 from actors.state import StateStore
+from bench.loadgen import LoadGenerator
 from gateway.server import GatewayConfig
-from storage import queries
+from storage import queries, tokens
 from storage.db import Database
 from tests.helpers import subscriber_count, wait_until
 from tests.wsclient import RawClient
@@ -29,6 +31,28 @@ def test_loadgen_mutations_exist_only_with_the_flag(server: Any) -> None:
         await client.close()
 
     asyncio.run(scenario())
+
+
+def test_a_server_without_the_flag_loads_no_benchmark_code(tmp_path: Any) -> None:
+    """Load generation is benchmark code (bench/): `serve`, a worker and the App they build
+    import none of it unless --enable-loadgen is given. In a fresh interpreter, since this
+    one has imported bench/ already."""
+    program = f"""
+import sys
+import run, actors.worker
+from gateway.app import App, AppConfig
+from gateway.server import GatewayConfig
+app = App(AppConfig(database_url="sqlite:///{tmp_path}/p.db", gateway=GatewayConfig(port=0)))
+assert app.loadgen is None
+loaded = sorted(name for name in sys.modules if name == "bench" or name.startswith("bench."))
+assert not loaded, loaded
+with_flag = AppConfig(database_url="sqlite:///{tmp_path}/q.db", enable_loadgen=True)
+assert App(with_flag).loadgen is not None and "bench.loadgen" in sys.modules
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_load_is_delivered_in_order_with_nothing_lost(start_server: Any) -> None:
@@ -80,7 +104,7 @@ def test_loadgen_needs_an_admin_token(start_server: Any) -> None:
     server = start_server(enable_loadgen=True, gateway=GatewayConfig(port=0, auth=True))
     with server.app.db.write() as s:
         pid = queries.create_project(s, "p").id
-        scoped = queries.create_token(s, project_ids=[pid])[1]
+        scoped = tokens.create_token(s, project_ids=[pid]).raw
 
     async def scenario() -> None:
         client = await RawClient.open(server.url)
@@ -140,7 +164,7 @@ def test_load_goes_through_the_state_store_and_says_where_its_time_goes(
     store.data_source_states = lambda changes, now: (  # type: ignore[method-assign]
         calls.append(len(changes)) or original(changes, now)
     )
-    loadgen = server.app.services.loadgen
+    loadgen = server.app.loadgen
     loadgen.prepare(3)
     loadgen.start(3, rate=300, seconds=0.5)
     wait_until(lambda: loadgen.timings.changes == 150, 20, "150 load changes published")

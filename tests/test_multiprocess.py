@@ -195,7 +195,7 @@ def test_every_event_once_in_order_on_both_gateways(
         )
 
 
-def test_an_edit_through_one_gateway_reroutes_events_on_the_other(
+def test_an_edit_through_one_gateway_changes_the_nodes_of_events_on_the_other(
     cluster: Cluster, db: Database
 ) -> None:
     """A node added through gateway A: the events after the edit name it, on gateway B too,
@@ -208,7 +208,7 @@ def test_an_edit_through_one_gateway_reroutes_events_on_the_other(
     async def scenario() -> None:
         async with client(a.url) as admin:
             created = await admin.execute(
-                request('mutation { createProject(input: {name: "reroute"}) { id } }')
+                request('mutation { createProject(input: {name: "re-resolve"}) { id } }')
             )
             pid = created["createProject"]["id"]
             watcher = asyncio.ensure_future(collect(b.url, pid, seen))
@@ -231,7 +231,7 @@ def test_an_edit_through_one_gateway_reroutes_events_on_the_other(
                 first = f"datasource_{source_id}"
                 await async_wait_until(
                     lambda: (first, "completed") in {(e[1], e[2]) for e in seen},
-                    what="B delivered the first processing (and cached the route)",
+                    what="B delivered the first processing (a map kept by B would now be stale)",
                 )
                 await admin.execute(
                     request(

@@ -30,7 +30,7 @@ from actors.messages import (
 )
 from actors.project import ProjectActor
 from actors.state import StateStore
-from storage import queries
+from storage import payloads, queries
 from storage.db import Database
 
 NODES_CSV = "id,label\na,A\n"
@@ -239,12 +239,12 @@ def repoint(db: Database, store: StateStore, pid: int, node_id: str, source: int
         node = queries.update_node(
             s, pid, node_id, node_type="DataSourceNode", config={"dataSourceId": source}
         )
-        return store.plan_edit(s, pid, queries.node_change("updated", node), names_source_of=node)
+        return store.plan_edit(s, pid, payloads.node_change("updated", node), names_source_of=node)
 
 
-def test_routing_reads_the_nodes_the_change_carries(db: Database, store: StateStore) -> None:
+def test_delivery_reads_the_nodes_the_change_carries(db: Database, store: StateStore) -> None:
     """No node-ID map: the message says where it goes, even if the plan says otherwise now
-    (a message resolved at its sequence, read after a later edit, must not be re-routed)."""
+    (a message resolved at its sequence, read after a later edit, must not be resolved again)."""
     pid = new_project(db)
     source = new_source(db, pid)
     actor = start(pid, db)
@@ -310,7 +310,7 @@ def test_a_lost_plan_edit_is_filled_from_the_log_once(db: Database, store: State
     actor.tell(Subscribe(subscriber))
     with db.write() as s:
         node = queries.require_node(s, pid, "other")
-        change = queries.node_change("removed", node)
+        change = payloads.node_change("removed", node)
         queries.delete_node(s, pid, "other")
         store.plan_edit(s, pid, change)  # 1: never published (lost)
     actor.tell(store.data_source_processing(source))  # 2
@@ -511,14 +511,14 @@ def test_snapshot_includes_a_node_added_after_its_sources_last_change(
         node = queries.add_node(
             s, pid, node_type="DataSourceNode", node_id="alias", config={"dataSourceId": source}
         )
-        store.plan_edit(s, pid, queries.node_change("added", node), names_source_of=node)
+        store.plan_edit(s, pid, payloads.node_change("added", node), names_source_of=node)
     with db.write() as s:  # 4: a removed node is not in the snapshot
         node = queries.add_node(s, pid, node_type="GraphNode", config={}, node_id="gone")
-        store.plan_edit(s, pid, queries.node_change("added", node))
+        store.plan_edit(s, pid, payloads.node_change("added", node))
     store.graph(pid, "gone", lambda g: setattr(g, "execution_state", "completed"))  # 5
     with db.write() as s:  # 6
         node = queries.require_node(s, pid, "gone")
-        change = queries.node_change("removed", node)
+        change = payloads.node_change("removed", node)
         queries.delete_node(s, pid, "gone")
         store.plan_edit(s, pid, change)
     actor = start(pid, db)

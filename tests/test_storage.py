@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from actors.messages import StatusChanged
 from actors.state import INTERRUPTED, StateStore
-from storage import queries
+from storage import group_commit, payloads, queries
 from storage.db import Database
 from storage.models import DataSource, ExecutionEvent, Graph, PlanDagEdge, PlanDagNode, Project
 
@@ -86,7 +86,7 @@ def test_project_crud(db: Database) -> None:
         assert project is not None
         assert project.description == "first"
         assert project.last_sequence == 0
-        assert queries.rfc3339(project.created_at).endswith("Z")  # type: ignore[union-attr]
+        assert payloads.rfc3339(project.created_at).endswith("Z")  # type: ignore[union-attr]
         assert queries.get_project(s, 9999) is None
         with pytest.raises(queries.NotFound, match="project 9999 does not exist"):
             queries.require_project(s, 9999)
@@ -241,7 +241,7 @@ def test_create_data_source_adds_a_node_naming_it(db: Database) -> None:
         assert node.config["filename"] == "people.csv"
         assert node.node_metadata == {"label": " people "}
         assert [d.id for d in queries.list_data_sources(s, pid)] == [source_id]
-        payload = queries.data_source_payload(stored)
+        payload = payloads.data_source_payload(stored)
     assert payload == {
         "dataSourceId": source_id,
         "filename": "people.csv",
@@ -265,7 +265,7 @@ def test_create_data_source_adds_a_node_naming_it(db: Database) -> None:
         queries.require_data_source(s, 999)
 
 
-def test_node_ids_of_a_data_source_and_node_routes(db: Database) -> None:
+def test_node_ids_of_a_data_source_and_the_node_id_map(db: Database) -> None:
     pid = new_project(db)
     other = new_project(db, "other")
     first = new_source(db, pid, "first")
@@ -287,7 +287,7 @@ def test_node_ids_of_a_data_source_and_node_routes(db: Database) -> None:
         assert queries.data_source_node_ids(s, pid, first) == [f"datasource_{first}", "z_copy"]
         assert queries.data_source_node_ids(s, pid, second) == ["b"]
         assert queries.data_source_node_ids(s, pid, 12345) == []
-        by_source, types = queries.node_routes(s, pid)
+        by_source, types = queries.node_id_map(s, pid)
     assert by_source == {first: [f"datasource_{first}", "z_copy"], second: ["b"]}
     assert types == {
         f"datasource_{first}": "DataSourceNode",
@@ -525,15 +525,15 @@ def test_recover_interrupted_also_covers_a_source_never_started(db: Database) ->
 
 
 def test_rfc3339() -> None:
-    assert queries.rfc3339(None) is None
+    assert payloads.rfc3339(None) is None
     naive = datetime(2024, 1, 2, 3, 4, 5, 678901)
-    assert queries.rfc3339(naive) == "2024-01-02T03:04:05.678Z"
+    assert payloads.rfc3339(naive) == "2024-01-02T03:04:05.678Z"
     aware = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert queries.rfc3339(aware) == "2024-01-02T03:04:05.000Z"
+    assert payloads.rfc3339(aware) == "2024-01-02T03:04:05.000Z"
     plus_two = datetime(2024, 1, 2, 1, 0, 0, tzinfo=timezone(timedelta(hours=2)))
-    assert queries.rfc3339(plus_two) == "2024-01-01T23:00:00.000Z"
+    assert payloads.rfc3339(plus_two) == "2024-01-01T23:00:00.000Z"
     minus_five = datetime(2023, 12, 31, 22, 30, tzinfo=timezone(timedelta(hours=-5)))
-    assert queries.rfc3339(minus_five) == "2024-01-01T03:30:00.000Z"
+    assert payloads.rfc3339(minus_five) == "2024-01-01T03:30:00.000Z"
 
 
 def test_timestamps_read_back_as_utc(db: Database) -> None:
@@ -545,7 +545,7 @@ def test_timestamps_read_back_as_utc(db: Database) -> None:
         )
     with db.read() as s:
         row = queries.events_after(s, pid, 0)[0]
-        assert queries.rfc3339(row.created_at) == "2024-05-06T07:08:09.123Z"
+        assert payloads.rfc3339(row.created_at) == "2024-05-06T07:08:09.123Z"
 
 
 def test_delete_project_removes_children(db: Database) -> None:
@@ -595,7 +595,7 @@ def test_group_commit_writes_events_sources_and_counters(db: Database) -> None:
         queries.add_node(
             s, first, node_type="DataSourceNode", config={"dataSourceId": a}, node_id="a2"
         )
-        recorded = queries.record_data_source_states(s, changes, now)
+        recorded = group_commit.record_data_source_states(s, changes, now)
     a_nodes = [["a2", "DataSourceNode"], [f"datasource_{a}", "DataSourceNode"]]
     b_nodes = [[f"datasource_{b}", "DataSourceNode"]]
     assert [(pid, seq, source, nodes) for pid, seq, source, _p, nodes in recorded] == [
@@ -623,7 +623,7 @@ def test_group_commit_writes_events_sources_and_counters(db: Database) -> None:
         assert as_utc(source_a.processed_at) == now
         assert (source_b.status, source_b.processed_at) == ("processing", None)
     with db.write() as s, pytest.raises(queries.NotFound, match="project 9999 does not exist"):
-        queries.record_data_source_states(s, [(9999, a, state("active", True))], now)
+        group_commit.record_data_source_states(s, [(9999, a, state("active", True))], now)
 
 
 def as_utc(moment: datetime) -> datetime:

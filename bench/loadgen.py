@@ -7,6 +7,10 @@ second in total: a driver thread decides what is due every tick and hands the ba
 LoadExecutor actor, which persists it with the event log in one transaction (group commit)
 and then publishes every StatusChanged on the bus like any executor. Nothing downstream —
 bus, project actors, gateway — knows it is a load test.
+
+Benchmark code, kept in bench/ with the load client it serves: production modules never
+import it; gateway/app.py does, through bench/loadgen_schema.py, only with --enable-loadgen
+(tests/test_loadgen.py checks that a server without the flag loads no bench module).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from sqlalchemy import func, insert, select, text
 
 from actors.bus import Bus
 from actors.state import StateStore
-from storage import queries
+from storage import payloads, queries
+from storage.group_commit import SourceStateChange
 from storage.models import DataSource, PlanDagNode, Project, utcnow
 
 log = logging.getLogger(__name__)
@@ -81,14 +86,14 @@ class LoadExecutor(pykka.ThreadingActor):
 
     def _persist_and_publish(self, project_ids: tuple[int, ...]) -> None:
         now = utcnow()
-        stamp = queries.rfc3339(now) or ""
+        stamp = payloads.rfc3339(now) or ""
         changes = []
         for project_id in project_ids:
             source_id = self.sources[project_id]
             completing = self.processing.get(source_id, False)
             self.processing[source_id] = not completing
             changes.append(
-                (
+                SourceStateChange(
                     project_id,
                     source_id,
                     {
