@@ -66,7 +66,7 @@ STAGES: list[tuple[str, list[tuple[str, str | None]]]] = [
         [("actors/hub.py", None), ("actors/bus.py", None)],
     ),
     ("project actor: _publish, events, sequence", [("actors/project.py", None)]),
-    ("loadgen: driver, batch building", [("actors/loadgen.py", None)]),
+    ("loadgen: driver, batch building", [("/loadgen.py", None)]),
     ("actor runtime: inbox, turns", [("actors/runtime.py", None), ("pykka/", None)]),
     ("websockets: receive, keepalive, handshake", [("websockets/", None)]),
     ("gateway: connection, protocol", [("gateway/", None)]),
@@ -95,7 +95,7 @@ def stage_of(frames: list[str]) -> str:
 THREADS = [
     ("event loop", "BaseEventLoop.run_forever"),
     ("project actors (shared threads)", "actors/runtime.py"),
-    ("load generator (persist, publish, route)", "actors/loadgen.py"),
+    ("load generator (persist, publish, route)", "/loadgen.py"),
     ("graphql worker pool", "concurrent/futures/thread.py"),
 ]
 
