@@ -52,7 +52,7 @@ class Connection:
             on_written=gateway.metrics.frames_delivered.inc,
         )
         self.presence = ConnectionPresence(gateway.services.hub, self.loop, gateway.pool)
-        self.context = RequestContext(gateway.services, extras=self.presence.extras())
+        self.context = RequestContext(gateway.services, presence=self.presence)
         self.subscriptions: dict[str, tuple[int, SubscriptionMailbox]] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.closing = False
@@ -151,7 +151,7 @@ class Connection:
             self.gateway.services,
             scope=grant.projects,
             admin=grant.admin,
-            extras=self.presence.extras(),
+            presence=self.presence,
         )
         await self._apply(self.protocol.accept())
 

@@ -46,7 +46,7 @@ def _ctx(info: GraphQLResolveInfo) -> RequestContext:
 
 def _user(ctx: RequestContext) -> str | None:
     """The editor named in plan-edit payloads (set per connection by the gateway)."""
-    return ctx.extras.get("userId")
+    return ctx.user_id
 
 
 def _publish(ctx: RequestContext, logged: list[LoggedChange]) -> None:
@@ -356,7 +356,7 @@ def resolve_update_plan_metadata(
 def _presence(ctx: RequestContext, project_id: int, plan_id: Any) -> Any:
     ctx.check_project(project_id)
     check_plan(project_id, plan_id)
-    presence = ctx.extras.get("presence")
+    presence = ctx.presence
     if presence is None:
         raise GraphQLError(
             "presence needs a WebSocket connection (graphql-transport-ws): it lasts as long "

@@ -7,7 +7,7 @@ execution context.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from graphql import GraphQLError
@@ -30,7 +30,7 @@ class Services:
     work: WorkSink | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestContext:
     """Per operation: the services and who is asking."""
 
@@ -38,7 +38,14 @@ class RequestContext:
     # Project ids the caller may touch; None means every project (auth off, or admin).
     scope: frozenset[int] | None = None
     admin: bool = True
-    extras: dict[str, Any] = field(default_factory=dict)
+    # The WebSocket connection's presence (gateway/presence.ConnectionPresence), which also
+    # names its editor; None over plain HTTP.
+    presence: Any = None
+
+    @property
+    def user_id(self) -> str | None:
+        """The editor named in plan-edit payloads (set per connection by the gateway)."""
+        return None if self.presence is None else self.presence.user_id
 
     def check_project(self, project_id: int) -> None:
         if self.scope is not None and project_id not in self.scope:
