@@ -9,6 +9,8 @@ how much CPU other processes used meanwhile). One table (Markdown, the form benc
 keeps), and with `--plot` p99 and server CPU against the offered deliveries/s, one line per
 server. When planpulse and the baseline are both measured, issue 16 item 1's targets are
 checked for each rate.
+
+    python -m bench.compare saved.json     # the table again, from a saved `--compare --json`
 """
 
 from __future__ import annotations
@@ -221,3 +223,19 @@ def scenario_title(args: argparse.Namespace) -> str:
         f"{subscriptions / args.projects:g} subscribers per project, {args.seconds:g} s per "
         f"server and rate, {args.client_procs} client processes"
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="the table of a saved `--compare --json` report")
+    parser.add_argument("report", help="JSON written by loadtest --compare ... --json")
+    args = parser.parse_args(argv)
+    with open(args.report, "rb") as f:
+        saved = orjson.loads(f.read())["compare"]
+    print(markdown(saved["rows"]))
+    for line in saved["targets"]:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

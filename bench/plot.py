@@ -137,7 +137,7 @@ def plot_compare(rows: Sequence[dict[str, Any]], path: str, title: str = "") -> 
     for ax in (lat, cpu):
         ax.set_xlabel("deliveries/s offered")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     lat.set_title("p99 per server (hollow: the step did not hold; labels: delivered/s)", fontsize=9)
     cpu.set_title("server CPU per server", fontsize=9)
     if title:
