@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from bench.loadtest import LoadTest, format_stages
+from bench.loadtest import FAILURES, LoadTest, format_stages
 
 
 def cell_args(args: argparse.Namespace, server: str, rate: int) -> argparse.Namespace:
@@ -168,7 +168,7 @@ def compare(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
-        except (RuntimeError, OSError, TimeoutError) as error:
+        except FAILURES as error:
             test.progress.done()
             say(f"  {server} failed: {error}")
             rows.append(failed_row(server, rate, offered, str(error).splitlines()[0]))
