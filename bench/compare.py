@@ -157,7 +157,11 @@ def compare(args: argparse.Namespace) -> int:
         offered = rate * subscriptions / args.projects
         quiet = None
         if args.quiet_wait > 0:
-            quiet = wait_quiet(args.quiet_wait, 30.0, say)
+            try:
+                quiet = wait_quiet(args.quiet_wait, 30.0, say)
+            except KeyboardInterrupt:
+                print("interrupted", file=sys.stderr)
+                return 130
         say(
             f"[{n}/{len(cells)}, {time.monotonic() - started:.0f} s] {server} at {rate:,} "
             f"events/s = {offered:,.0f} deliveries/s offered …"
