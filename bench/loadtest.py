@@ -1405,6 +1405,12 @@ def main(args: argparse.Namespace) -> int:
         except ImportError:
             print("error: --plot needs matplotlib (pip install -e '.[dev]')", file=sys.stderr)
             return 2
+    if args.rates and args.sweep:
+        print(
+            "error: --rates or --sweep, not both: give the rates, or let the sweep find them",
+            file=sys.stderr,
+        )
+        return 2
     _raise_nofile()
     if args.compare:
         if args.url or args.sweep:
