@@ -86,7 +86,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         offered = f"{r['offered_deliveries_per_s']:,.0f}"
         if "error" in r:
-            lines.append(f"| {offered} | {r['server']} | failed: {r['error'][:80]} |" + " |" * 9)
+            lines.append(f"| {offered} | {r['server']} | failed: {r['error'][:160]} |" + " |" * 9)
             continue
         lines.append(
             f"| {offered} | {r['server']} | {r['deliveries_per_s']:,.0f} "

@@ -30,7 +30,7 @@ from websockets.asyncio.client import connect
 
 from bench import reference
 from bench.client import SUBPROTOCOL, SUBSCRIPTION, TimestampParser
-from bench.compare import issue16_targets, markdown
+from bench.compare import failed_row, issue16_targets, markdown
 from bench.loadtest import rate_list, server_list
 from tests.node_tools import node_with_packages
 
@@ -238,3 +238,21 @@ def test_issue16_targets_are_judged_against_the_baseline_of_the_same_rate() -> N
     (line,) = issue16_targets([_row("baseline", 80, 75, 16), _row("planpulse", 97, 513, 20, 3)])
     assert line.count("✘") == 5
     assert issue16_targets([_row("reference", 99, 900, 40)]) == []  # no pair to judge
+
+
+def test_a_server_that_could_not_run_is_a_row_of_the_table_with_its_reason() -> None:
+    measured = _row("baseline", 50, 100, 16) | {
+        "deliveries_per_s": 60_000.0,
+        "held": True,
+        "duplicates": 0,
+        "out_of_order": 0,
+        "p50_ms": 20.0,
+        "max_ms": 130.0,
+        "clients_cpu_percent": 90.0,
+        "other_cpu_percent": 5.0,
+    }
+    failed = failed_row("reference", 6000, 60_000.0, "node and npm not found on PATH")
+    table = markdown([measured, failed]).splitlines()
+    assert table[2].startswith("| 60,000 | baseline | 60,000 | yes | 20.0 | 100.0 | 130 | 50 |")
+    assert table[3].startswith("| 60,000 | reference | failed: node and npm not found on PATH")
+    assert table[3].count("|") == table[2].count("|")
