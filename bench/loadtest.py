@@ -1390,6 +1390,17 @@ def _pct(value: float | None) -> str:
 FAILURES = (RuntimeError, OSError, TimeoutError, WebSocketException)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends a run as Ctrl-C does: the servers it started are stopped, not orphaned.
+    (A run started in the background by a shell ignores SIGINT, so `kill PID` is the way.)"""
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (imported by a test): leave it
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the load test described by `args` (see `add_arguments`); 0 if every step held
     (for a sweep: if at least one did), 1 otherwise."""
@@ -1405,6 +1416,7 @@ def main(args: argparse.Namespace) -> int:
         except ImportError:
             print("error: --plot needs matplotlib (pip install -e '.[dev]')", file=sys.stderr)
             return 2
+    _stop_on_sigterm()
     if args.rates and args.sweep:
         print(
             "error: --rates or --sweep, not both: give the rates, or let the sweep find them",
