@@ -1,7 +1,8 @@
 """`python run.py loadtest`: many subscribers, a synthetic load, and what they saw.
 
-It starts a server itself (planpulse with `--enable-loadgen`, or `--server baseline`, the
-bare-websockets ceiling in bench/baseline_server.py) or targets `--url`; opens `--connections`
+It starts a server itself (planpulse with `--enable-loadgen`; `--server baseline`, the
+bare-websockets ceiling in bench/baseline_server.py; or `--server reference`, the graphql-ws
+reference server in bench/reference/) or targets `--url`; opens `--connections`
 sockets from `--client-procs` processes; spreads `--subscriptions` over `--projects` projects
 (subscription i is on connection i mod C, for project i mod P + 1); asks the server to
 `prepareLoad`, then `startLoad` at `--rate` events per second in total for `--seconds`; and
@@ -17,11 +18,16 @@ measures, from the events themselves:
 A progress line is redrawn on stderr while it runs; the report is a table on stdout, or JSON
 with `--json`. `--sweep` raises the rate by `--sweep-factor` until a step fails (something
 lost, p99 over 1 s, or the offered rate not achieved) and reports the last rate that held.
-`--plot FILE.png` draws latency percentiles and deliveries per second over time.
+`--rates 4000,6000` runs one step at each rate. `--plot FILE.png` draws latency percentiles
+and deliveries per second over time. `--compare planpulse,baseline,reference` measures
+several servers in one invocation, each started fresh for each rate (bench/compare.py), and
+prints one table of them side by side.
 
     python run.py loadtest --connections 1000 --projects 100 --subscriptions 1000 \\
         --rate 1000 --seconds 10
     python run.py loadtest --server baseline --sweep --rate 2000
+    python run.py loadtest --compare planpulse,baseline,reference --rates 4000,6000 \\
+        --connections 1000 --projects 100 --plot /tmp/compare.png
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
 
+from bench import reference
 from bench.client import SUBPROTOCOL, worker_main
 from bench.stats import Histogram, Tally, account, percentiles
 
@@ -79,9 +87,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--url", help="target a running server (ws://host:port/graphql)")
     target.add_argument(
         "--server",
-        choices=("planpulse", "baseline"),
+        choices=SERVERS,
         default="planpulse",
-        help="without --url: which server to start (default planpulse --enable-loadgen)",
+        help="without --url: which server to start (default planpulse --enable-loadgen; "
+        "baseline: bare websockets; reference: graphql-ws on Node.js)",
+    )
+    target.add_argument(
+        "--compare",
+        type=server_list,
+        metavar="SERVER,SERVER,...",
+        help="measure these servers (of planpulse, baseline, reference; or 'all') one after "
+        "the other in this one invocation, each started fresh for each of --rates, and print "
+        "them side by side",
     )
     target.add_argument(
         "--server-arg",
@@ -112,6 +129,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="in total, spread over the projects (default: one per connection)",
     )
     load.add_argument("--rate", type=int, default=100, help="events per second, all projects")
+    load.add_argument(
+        "--rates",
+        type=rate_list,
+        metavar="RATE,RATE,...",
+        help="one step at each of these rates (events/s) instead of --rate",
+    )
     load.add_argument("--seconds", type=float, default=10.0, help="length of the load")
     load.add_argument(
         "--client-procs",
@@ -158,6 +181,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     out.add_argument("--label", default="", help="a name for this run in the report")
     out.add_argument("--quiet", action="store_true", help="no progress line")
+    out.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="with --compare: before each server, wait up to this many seconds for the "
+        "machine to use less than 30%% of a core (the wait is reported)",
+    )
+
+
+SERVERS = ("planpulse", "baseline", "reference")
+
+
+def server_list(text: str) -> list[str]:
+    """`planpulse,baseline` → the servers, in that order ('all': every one)."""
+    names = list(SERVERS) if text.strip() == "all" else [n.strip() for n in text.split(",")]
+    unknown = [n for n in names if n not in SERVERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown server {', '.join(unknown) or '(none)'}: choose from {', '.join(SERVERS)} "
+            "or 'all'"
+        )
+    return names
+
+
+def rate_list(text: str) -> list[int]:
+    """`4000,6000` → [4000, 6000] (events per second, each positive)."""
+    try:
+        rates = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        rates = []
+    if not rates or any(r < 1 for r in rates):
+        raise argparse.ArgumentTypeError(
+            f"--rates takes positive integers separated by commas (events/s), not {text!r}"
+        )
+    return rates
 
 
 # --- the server under test ------------------------------------------------------------------
@@ -196,6 +254,8 @@ class ServerUnderTest:
         workdir = tempfile.mkdtemp(prefix="planpulse-loadtest-")
         if args.server == "baseline":
             command = [sys.executable, str(BASELINE), "--port", str(port)]
+        elif args.server == "reference":
+            command = reference.command(port)
         else:
             database = args.database_url or f"sqlite:///{workdir}/loadtest.db"
             command = [
@@ -354,7 +414,12 @@ class Control:
 
     @classmethod
     async def open(cls, url: str, token: str | None) -> Control:
-        ws = await connect(url, subprotocols=[SUBPROTOCOL], max_size=None, open_timeout=30)
+        # No keepalive pings: a server whose event loop is swamped by the load (the graphql-ws
+        # reference past its ceiling) answers late, and the run must wait for it, not give up
+        # on it (each operation has its own timeout).
+        ws = await connect(
+            url, subprotocols=[SUBPROTOCOL], max_size=None, open_timeout=30, ping_interval=None
+        )
         init: dict[str, Any] = {"type": "connection_init"}
         if token:
             init["payload"] = {"authorization": f"Bearer {token}"}
@@ -663,6 +728,7 @@ class LoadTest:
         self.control: Control | None = None
         self.clients: Clients | None = None
         self.samples: list[dict[str, float]] = []
+        self.tail_skipped: str | None = None  # why the last step's tail was not checked
 
     # --- the whole run ----------------------------------------------------------------------
 
@@ -707,7 +773,10 @@ class LoadTest:
         report["steps"] = steps
         rate = args.rate
         if not args.sweep:
-            steps.append(await self.step(0, rate))
+            for index, each in enumerate(args.rates or [rate]):
+                if index:
+                    await asyncio.sleep(1.0)
+                steps.append(await self.step(index, each))
         else:
             held: dict[str, Any] | None = None
             failed: dict[str, Any] | None = None
@@ -829,7 +898,9 @@ class LoadTest:
         peak = {"rss_mb": 0.0, "threads": 0}
         last_sample = 0.0
         last_count, last_change = -1, time.time()
-        label = f"step {index}: " if args.sweep else ""
+        label = f"step {index}: " if args.sweep or len(args.rates or ()) > 1 else ""
+        if args.label:
+            label = f"{args.label} {label}"
         cut_off = False
         while True:
             await clients._wait_change(0.25)
@@ -860,6 +931,7 @@ class LoadTest:
         cpu_machine_after = machine_cpu_seconds()
         wall = time.time() - t0
         tallies, extra = await clients.collect(index)
+        self.tail_skipped = None
         server_last = await self.tail_check(tallies)
         server_events = (
             int(published_after - published_before)
@@ -868,6 +940,11 @@ class LoadTest:
         )
         losses = account(tallies, server_last, server_events)
         stages = stage_split(stages_before, stages_after)
+        if self.tail_skipped:
+            losses.notes.append(
+                f"the tail was not checked against the server's event log ({self.tail_skipped})"
+                ": what nobody received at the end is counted only from the published count"
+            )
         if cut_off:
             losses.notes.append(
                 f"deliveries were still arriving {args.drain:g} s after the load ended "
@@ -933,7 +1010,8 @@ class LoadTest:
         ]
         try:
             results = await self.control.execute_many(operations, timeout=300)
-        except (RuntimeError, TimeoutError) as error:
+        except (RuntimeError, TimeoutError, WebSocketException) as error:
+            self.tail_skipped = str(error)[:200]
             self.progress.note(f"tail check skipped: {error}")
             return {}
         server_last: dict[int, int] = {}
@@ -1307,6 +1385,22 @@ def _pct(value: float | None) -> str:
 # --- entry points ---------------------------------------------------------------------------
 
 
+# What ends a run with a message instead of a traceback (NodeUnavailable is a RuntimeError;
+# WebSocketException: the control connection closed by the server).
+FAILURES = (RuntimeError, OSError, TimeoutError, WebSocketException)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends a run as Ctrl-C does: the servers it started are stopped, not orphaned.
+    (A run started in the background by a shell ignores SIGINT, so `kill PID` is the way.)"""
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (imported by a test): leave it
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the load test described by `args` (see `add_arguments`); 0 if every step held
     (for a sweep: if at least one did), 1 otherwise."""
@@ -1322,14 +1416,30 @@ def main(args: argparse.Namespace) -> int:
         except ImportError:
             print("error: --plot needs matplotlib (pip install -e '.[dev]')", file=sys.stderr)
             return 2
+    _stop_on_sigterm()
+    if args.rates and args.sweep:
+        print(
+            "error: --rates or --sweep, not both: give the rates, or let the sweep find them",
+            file=sys.stderr,
+        )
+        return 2
     _raise_nofile()
+    if args.compare:
+        if args.url or args.sweep:
+            print(
+                "error: --compare starts its servers itself: no --url, no --sweep", file=sys.stderr
+            )
+            return 2
+        from bench.compare import compare
+
+        return compare(args)
     test = LoadTest(args)
     try:
         report = asyncio.run(test.run())
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (RuntimeError, OSError, TimeoutError) as error:
+    except FAILURES as error:
         test.progress.done()
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -1345,7 +1455,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"plot: {args.plot}")
     if args.sweep:
         return 0 if report["sweep"]["held_rate"] is not None else 1
-    return 0 if report["summary"]["held"] else 1
+    return 0 if all(step["held"] for step in report["steps"]) else 1
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -2,6 +2,8 @@
 
     python run.py loadtest ... --plot run.png              # while running
     python -m bench.plot report.json [more.json ...] -o run.png   # from saved --json reports
+    python run.py loadtest --compare all --rates 4000,6000 --plot cmp.png   # p99 per server
+    python -m bench.plot compare.json -o cmp.png   # from a saved `--compare --json` report
 
 Several reports (planpulse and the baseline, say) are drawn side by side, one column each,
 on the same axes' scales. Steps of a sweep follow each other on the time axis, separated by
@@ -89,6 +91,62 @@ def plot_report(reports: dict[str, Any] | Sequence[dict[str, Any]], path: str) -
     plt.close(fig)
 
 
+def plot_compare(rows: Sequence[dict[str, Any]], path: str, title: str = "") -> None:
+    """p99 and server CPU against the offered deliveries/s, one line per server (the rows of
+    `loadtest --compare`; a row that failed or did not hold is drawn hollow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (lat, cpu) = plt.subplots(1, 2, figsize=(12, 4.8))
+    servers = list(dict.fromkeys(r["server"] for r in rows))
+    for server in servers:
+        mine = sorted(
+            (r for r in rows if r["server"] == server and "error" not in r),
+            key=lambda r: r["offered_deliveries_per_s"],
+        )
+        if not mine:
+            continue
+        xs = [r["offered_deliveries_per_s"] for r in mine]
+        for ax, key in ((lat, "p99_ms"), (cpu, "server_cpu_percent")):
+            ys = [float("nan") if r[key] is None else r[key] for r in mine]
+            (line,) = ax.plot(xs, ys, "-", label=server, linewidth=1.4)
+            for x, y, r in zip(xs, ys, mine, strict=True):
+                ax.plot(
+                    [x],
+                    [y],
+                    "o",
+                    color=line.get_color(),
+                    markerfacecolor=line.get_color() if r["held"] else "white",
+                )
+        for x, r in zip(xs, mine, strict=True):
+            lat.annotate(
+                f"{r['deliveries_per_s']:,.0f}/s"
+                + ("" if r["lost"] == 0 else f", {r['lost']:,} lost"),
+                (x, r["p99_ms"] or 1),
+                fontsize=7,
+                xytext=(4, 2),
+                textcoords="offset points",
+            )
+    lat.set_yscale("log")
+    lat.set_ylabel("p99 latency, ms (timestamp → receipt)")
+    lat.axhline(1000, color="red", linewidth=0.8, alpha=0.5)
+    cpu.set_ylabel("server CPU, % of one core")
+    cpu.set_ylim(bottom=0)
+    for ax in (lat, cpu):
+        ax.set_xlabel("deliveries/s offered")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    lat.set_title("p99 per server (hollow: the step did not hold; labels: delivered/s)", fontsize=9)
+    cpu.set_title("server CPU per server", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="plot saved load-test reports (--json)")
     parser.add_argument("reports", nargs="+", help="JSON files written by loadtest --json")
@@ -98,7 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.reports:
         with open(name, "rb") as f:
             reports.append(orjson.loads(f.read()))
-    plot_report(reports, args.output)
+    if len(reports) == 1 and "compare" in reports[0]:
+        plot_compare(reports[0]["compare"]["rows"], args.output)
+    else:
+        plot_report(reports, args.output)
     print(args.output)
     return 0
 

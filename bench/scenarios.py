@@ -4,6 +4,7 @@
     python -m bench.scenarios P --server planpulse
     python -m bench.scenarios F P --small       # the same shapes at a tenth of the size
     python -m bench.scenarios F --repeat 1 --plot /tmp/f.png
+    python -m bench.scenarios F --server all    # and the graphql-ws reference (Node.js)
 
 Scenario F (fan-out): 1,000 connections, 100 projects, 10 subscribers per project, 10 s.
   F-sweep   the rate is raised ×1.5 (from 300 events/s for planpulse, 2,000 for the baseline),
@@ -69,7 +70,11 @@ SCENARIOS: dict[str, list[Scenario]] = {
             (*F_SHAPE, "--seconds", "10", "--sweep", "--sweep-refine", "2"),
             small_args=(*F_SMALL, "--seconds", "5", "--sweep"),
             targets=(("held_deliveries_per_s", ">=", 60_000),),
-            server_args=(("planpulse", ("--rate", "300")), ("baseline", ("--rate", "2000"))),
+            server_args=(
+                ("planpulse", ("--rate", "300")),
+                ("baseline", ("--rate", "2000")),
+                ("reference", ("--rate", "300")),
+            ),
         ),
         Scenario(
             "F-1k",
@@ -261,7 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("scenarios", nargs="+", choices=sorted(SCENARIOS))
-    parser.add_argument("--server", choices=("planpulse", "baseline", "both"), default="both")
+    parser.add_argument(
+        "--server",
+        choices=("planpulse", "baseline", "reference", "both", "all"),
+        default="both",
+        help="both: planpulse and the baseline; all: and the graphql-ws reference",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (medians)")
     parser.add_argument("--small", action="store_true", help="a tenth of the size, shorter")
     parser.add_argument("--out", default="/tmp/planpulse-bench", help="folder for the reports")
@@ -285,8 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in args.scenarios:
         for scenario in SCENARIOS[key]:
             servers = scenario.servers
-            if args.server != "both":
-                servers = tuple(s for s in servers if s == args.server)
+            if args.server == "all":
+                servers = (*servers, "reference")
+            elif args.server != "both":
+                servers = tuple(s for s in (*servers, "reference") if s == args.server)
             for server in servers:
                 loadtest_args = [*scenario.args_for(server, args.small), *args.extra]
                 runs = []
