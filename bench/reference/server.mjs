@@ -17,7 +17,7 @@
 //       subscribers
 //   subscription nodeExecutionStatusChanged(projectId)   the project's changes, live
 //   query executionEvents(projectId, afterSequence, limit)  the tail check: sequences after n
-//   GET /healthz, GET /metrics (planpulse_events_published_total: what the harness's loss
+//   GET /healthz, GET /metrics (planpulse_bus_changes_received_total: what the harness's loss
 //   accounting compares with what it received)
 //
 //   node bench/reference/server.mjs --port 8799
@@ -236,8 +236,8 @@ const httpServer = http.createServer((request, response) => {
   } else if (path === "/metrics") {
     response.writeHead(200, { "Content-Type": "text/plain; version=0.0.4" });
     response.end(
-      "# TYPE planpulse_events_published counter\n" +
-        `planpulse_events_published_total ${published}\n` +
+      "# TYPE planpulse_bus_changes_received counter\n" +
+        `planpulse_bus_changes_received_total ${published}\n` +
         `planpulse_connections ${wsServer.clients.size}\n`,
     );
   } else {
