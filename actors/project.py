@@ -41,7 +41,7 @@ from actors.messages import (
 )
 from actors.plan_events import DELTA, PLAN, delta_events, plan_dag_events
 from actors.presence import PresenceBoard, PresenceLeave, PresenceUpdate
-from actors.runtime import ShardedActor
+from actors.runtime import PooledActor
 from actors.state import message_from_row, status_from_row
 from storage import queries
 from storage.db import Database
@@ -90,7 +90,7 @@ class _Group:
         self.subscribers: dict[Hashable, Subscriber] = {}
 
 
-class ProjectActor(ShardedActor):
+class ProjectActor(PooledActor):
     """Turns a project's logged changes into frames for its subscribers' mailboxes."""
 
     def __init__(

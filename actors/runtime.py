@@ -1,8 +1,8 @@
-"""ShardedActor: pykka actors that share a few threads instead of owning one each.
+"""PooledActor: pykka actors that share a few threads instead of owning one each.
 
 A project actor per project is the design, and a process may watch ten thousand projects;
 `pykka.ThreadingActor` gives each its own OS thread (stack, a futex wake-up per message,
-a GIL hand-off per wake-up, a join to retire it). A ShardedActor is the same pykka actor
+a GIL hand-off per wake-up, a join to retire it). A PooledActor is the same pykka actor
 (`ActorRef`, `tell`, `ask`, proxies, the registry, `on_start`/`on_stop`/`on_failure`) whose
 inbox, when a message arrives while it is idle, puts the actor on the run queue of one of
 a fixed set of `ActorThreads`. That thread takes up to `TURN` messages of the actor, one
@@ -11,7 +11,7 @@ run queue at a time, so it still handles one message at a time, in order; under 
 thread serves many actors per wake-up.
 
 The price: a message handler that blocks holds up the other actors of its thread, so
-handlers must not wait for another ShardedActor of the same runtime (`ask(...).get()`
+handlers must not wait for another PooledActor of the same runtime (`ask(...).get()`
 from inside a handler could deadlock). Project actors only read the database.
 """
 
@@ -36,23 +36,23 @@ TURN = 64  # messages of one actor per turn, so one busy actor cannot starve its
 
 
 class ActorThreads:
-    """The threads that run ShardedActors; started on first use, daemons."""
+    """The threads that run PooledActors; started on first use, daemons."""
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError(f"actor threads (--actor-threads) must be 1 or more, got {size}")
         self.size = size
-        self._queues: list[queue.SimpleQueue[ShardedActor]] = []
+        self._queues: list[queue.SimpleQueue[PooledActor]] = []
         self._threads: list[threading.Thread] = []
         self._next = itertools.count()
         self._lock = threading.Lock()
 
-    def assign(self) -> queue.SimpleQueue[ShardedActor]:
+    def assign(self) -> queue.SimpleQueue[PooledActor]:
         """The run queue of the thread a new actor will live on (round robin)."""
         with self._lock:
             if not self._threads:
                 for index in range(self.size):
-                    ready: queue.SimpleQueue[ShardedActor] = queue.SimpleQueue()
+                    ready: queue.SimpleQueue[PooledActor] = queue.SimpleQueue()
                     thread = threading.Thread(
                         target=_run, args=(ready,), name=f"actors-{index}", daemon=True
                     )
@@ -66,7 +66,7 @@ class ActorThreads:
         return list(self._threads)
 
 
-def _run(ready: queue.SimpleQueue[ShardedActor]) -> None:
+def _run(ready: queue.SimpleQueue[PooledActor]) -> None:
     """An actor thread: runs for the life of the process (a daemon)."""
     while True:
         actor = ready.get()
@@ -77,13 +77,13 @@ def _run(ready: queue.SimpleQueue[ShardedActor]) -> None:
 
 
 class _Inbox:
-    """A ShardedActor's inbox (pykka's `ActorInbox` interface)."""
+    """A PooledActor's inbox (pykka's `ActorInbox` interface)."""
 
     __slots__ = ("envelopes", "actor", "scheduled", "lock")
 
     def __init__(self) -> None:
         self.envelopes: deque[Envelope[Any]] = deque()
-        self.actor: ShardedActor | None = None
+        self.actor: PooledActor | None = None
         self.scheduled = False
         self.lock = threading.Lock()
 
@@ -111,7 +111,7 @@ class _Inbox:
         return not self.envelopes
 
 
-class ShardedActor(pykka.Actor):
+class PooledActor(pykka.Actor):
     """A pykka actor run on one of a few shared threads (see the module docstring)."""
 
     runtime: ClassVar[ActorThreads | None] = None
@@ -120,8 +120,8 @@ class ShardedActor(pykka.Actor):
     def use_threads(cls, size: int) -> None:
         """Run actors started from now on on `size` shared threads (a process's setting:
         actors already running keep their thread)."""
-        if ShardedActor.runtime is None or ShardedActor.runtime.size != size:
-            ShardedActor.runtime = ActorThreads(size)
+        if PooledActor.runtime is None or PooledActor.runtime.size != size:
+            PooledActor.runtime = ActorThreads(size)
 
     @staticmethod
     def _create_actor_inbox() -> _Inbox:  # type: ignore[override]
@@ -137,12 +137,12 @@ class ShardedActor(pykka.Actor):
         assert isinstance(inbox, _Inbox)
         inbox.actor = self
         self._needs_setup = True
-        self._ready_queue: queue.SimpleQueue[ShardedActor]
+        self._ready_queue: queue.SimpleQueue[PooledActor]
 
     def _start_actor_loop(self) -> None:
-        if ShardedActor.runtime is None:
-            ShardedActor.runtime = ActorThreads(DEFAULT_THREADS)
-        self._ready_queue = ShardedActor.runtime.assign()
+        if PooledActor.runtime is None:
+            PooledActor.runtime = ActorThreads(DEFAULT_THREADS)
+        self._ready_queue = PooledActor.runtime.assign()
         inbox = self.actor_inbox
         assert isinstance(inbox, _Inbox)
         with inbox.lock:
@@ -194,4 +194,4 @@ class ShardedActor(pykka.Actor):
             ActorRegistry.stop_all()
 
 
-__all__ = ["ActorThreads", "ShardedActor"]
+__all__ = ["ActorThreads", "PooledActor"]

@@ -17,7 +17,7 @@ from actors.loadgen import LoadGenerator
 from actors.messages import Resync
 from actors.plan import NodeHook
 from actors.redis_bus import RedisBus, bus_from_url
-from actors.runtime import DEFAULT_THREADS, ShardedActor
+from actors.runtime import DEFAULT_THREADS, PooledActor
 from actors.state import DEFAULT_RETENTION, StateStore
 from actors.work_queue import QueueWorker, WorkQueue
 from gateway.schema import Services, make_schema
@@ -49,7 +49,7 @@ class App:
         self, config: AppConfig, bus: Bus | None = None, before_node: NodeHook | None = None
     ) -> None:
         self.config = config
-        ShardedActor.use_threads(config.actor_threads)
+        PooledActor.use_threads(config.actor_threads)
         self.db = open_database(config.database_url, wait=config.database_wait)
         self.store = StateStore(self.db, retention=config.retention)
         self.bus = bus or bus_from_url(config.bus_url)
