@@ -77,17 +77,55 @@ def _run(ready: queue.SimpleQueue[PooledActor]) -> None:
 
 
 class _Inbox:
-    """A PooledActor's inbox (pykka's `ActorInbox` interface)."""
+    """A PooledActor's inbox (pykka's `ActorInbox` interface), bounded if its class says so
+    (see the module docstring)."""
 
-    __slots__ = ("envelopes", "actor", "scheduled", "lock")
+    __slots__ = (
+        "envelopes",
+        "actor",
+        "scheduled",
+        "lock",
+        "bound",
+        "leavable",
+        "left_out",
+        "catch_up_queued",
+        "peak",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, bound: int | None = None, leavable: tuple[type, ...] = ()) -> None:
         self.envelopes: deque[Envelope[Any]] = deque()
         self.actor: PooledActor | None = None
         self.scheduled = False
         self.lock = threading.Lock()
+        self.bound = bound
+        self.leavable = leavable
+        self.left_out = 0  # leavable messages not queued because the inbox was full
+        self.catch_up_queued = False  # a catch-up waits in the inbox, for what was left out
+        self.peak = 0  # the most messages seen waiting (a gauge's figure)
 
     def put(self, envelope: Envelope[Any], /) -> None:
+        bound = self.bound
+        if bound is not None:
+            waiting = len(self.envelopes)
+            if waiting >= bound:
+                if envelope.reply_to is None and isinstance(envelope.message, self.leavable):
+                    self._leave_out()
+                    return
+            elif waiting >= self.peak:
+                self.peak = waiting + 1
+        self._queue(envelope)
+
+    def _leave_out(self) -> None:
+        """The inbox is full: instead of this message, one catch-up (if none waits)."""
+        with self.lock:
+            self.left_out += 1
+            if self.catch_up_queued:
+                return
+            self.catch_up_queued = True
+        assert self.actor is not None
+        self._queue(Envelope(self.actor.catch_up))
+
+    def _queue(self, envelope: Envelope[Any]) -> None:
         self.envelopes.append(envelope)
         if self.scheduled:
             # Its turn is pending or running: the turn's end clears the flag and only then
@@ -107,6 +145,9 @@ class _Inbox:
     def get(self) -> Envelope[Any]:
         return self.envelopes.popleft()
 
+    def __len__(self) -> int:
+        return len(self.envelopes)
+
     def empty(self) -> bool:
         return not self.envelopes
 
@@ -115,6 +156,12 @@ class PooledActor(pykka.Actor):
     """A pykka actor run on one of a few shared threads (see the module docstring)."""
 
     runtime: ClassVar[ActorThreads | None] = None
+    # A bounded inbox (see the module docstring): None, unbounded.
+    inbox_bound: ClassVar[int | None] = None
+    # The messages that may be left out of a full inbox, and the one queued instead: the
+    # actor's handler for it must recover what was left out.
+    leavable: ClassVar[tuple[type, ...]] = ()
+    catch_up: ClassVar[Any] = None
 
     @classmethod
     def use_threads(cls, size: int) -> None:
@@ -123,9 +170,9 @@ class PooledActor(pykka.Actor):
         if PooledActor.runtime is None or PooledActor.runtime.size != size:
             PooledActor.runtime = ActorThreads(size)
 
-    @staticmethod
-    def _create_actor_inbox() -> _Inbox:  # type: ignore[override]
-        return _Inbox()
+    @classmethod
+    def _create_actor_inbox(cls) -> _Inbox:  # type: ignore[override]
+        return _Inbox(cls.inbox_bound, cls.leavable)
 
     @staticmethod
     def _create_future() -> pykka.Future[Any]:
@@ -174,6 +221,11 @@ class PooledActor(pykka.Actor):
 
     def _handle_envelope(self, envelope: Envelope[Any]) -> None:
         """One message, with pykka's own failure rules (as `Actor._actor_loop_running`)."""
+        if envelope.message is self.catch_up and self.catch_up is not None:
+            inbox = self.actor_inbox
+            assert isinstance(inbox, _Inbox)
+            with inbox.lock:  # from now on a left-out message queues a new catch-up: it
+                inbox.catch_up_queued = False  # may have been sent after this one reads
         try:
             response = self._handle_receive(envelope.message)
             if envelope.reply_to is not None:
