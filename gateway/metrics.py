@@ -59,7 +59,14 @@ class GatewayMetrics:
         )
         self.slow_consumers_closed = Counter(
             "planpulse_slow_consumers_closed",
-            "Connections closed because a subscriber could not keep up",
+            "Connections closed with 1013 because their protocol messages could not be "
+            "written (a lagging subscription alone is shed, see planpulse_subscriptions_shed)",
+            registry=r,
+        )
+        self.subscriptions_shed = Counter(
+            "planpulse_subscriptions_shed",
+            "Subscriptions told to resume with afterSequence because they lagged even after "
+            "coalescing (a protocol error for that subscription; the connection stays)",
             registry=r,
         )
         self._delivered: deque[tuple[str, float]] = deque()  # (timestamp, handed over at)

@@ -7,22 +7,37 @@ writing), frames wait in the outbox's backlog until it drains; there at most `ca
 live frames per subscription may wait. When a new frame would exceed that, an undelivered
 older frame of the same node is dropped (only a node's latest state matters; the client
 sees the skipped sequence and can read it from the log). If no frame of that node is
-waiting, the subscriber cannot keep up at all: the connection is closed with 1013 and a
-reason that says where to resume without a gap (`afterSequence: N`, N being the last
-sequence of the subscription before the first frame that may not have reached the socket).
+waiting, the subscriber cannot keep up at all: it is shed, that subscription alone. Its
+waiting frames are dropped, and the connection's `on_lagging` sends the subscription's
+protocol `error` (`lagging_error`), which says where to resume without a gap: afterSequence
+N, N being the last sequence before the first frame of the subscription that had not been
+handed to the socket (everything before it has been, and arrives before the error, on the
+same socket). The connection and its other subscriptions carry on.
+
+The connection as a whole is closed with 1013 (`on_slow_consumer`) only when it cannot keep
+up with what is never coalesced nor shed: more than `MAX_CONTROL_WAITING` protocol messages
+(acks, pongs, results, errors) waiting behind its paused socket. Replays are bounded
+upstream: a project actor sends a resume's next page only once this outbox has handed the
+last one to the socket (`when_written`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from gateway.dispatcher import Dispatcher
 
+log = logging.getLogger(__name__)
+
 SLOW_CONSUMER_CODE = 1013  # "Try Again Later"
+SUBSCRIBER_TOO_SLOW = "SUBSCRIBER_TOO_SLOW"
+MAX_CONTROL_WAITING = 1000  # protocol messages behind a paused socket before a 1013 close
 
 Item = tuple[str, int, bytes]  # node id, sequence, rendered payload
 
@@ -72,9 +87,13 @@ class Outbox:
         dispatcher: Dispatcher,
         *,
         on_slow_consumer: Callable[[str], None],
+        on_lagging: Callable[[int, int, int], None] | None = None,
         on_coalesced: Callable[[int], None] = lambda n: None,
         on_written: Callable[[int], None] = lambda n: None,
     ) -> None:
+        """`on_lagging(serial, after_sequence, capacity)`: a subscription was shed (see the
+        module docstring); without it, the connection is closed instead (1013).
+        `on_slow_consumer(reason)`: the connection as a whole cannot keep up (1013)."""
         self.sink = sink
         self.dispatcher = dispatcher
         self.touched = False  # queued frames since the Dispatcher's last flush of it
@@ -86,10 +105,18 @@ class Outbox:
         self._pending: dict[int, int] = {}  # subscription serial -> live frames in backlog
         self._by_node: dict[tuple[int, str], deque[_Frame]] = {}
         self._dead = 0  # coalesced frames still in _backlog
+        self._control_waiting = 0  # protocol messages in _backlog
+        # Per subscription, the sequence of its first frame in _backlog (frames are queued
+        # in sequence order, so the lowest): the resume point of a shed is just before it.
+        self._first_waiting: dict[int, int] = {}
+        self._backlog_since = 0.0  # when the socket paused (monotonic): the backlog's age
+        # Callbacks waiting for everything queued before them to reach the socket.
+        self._when_written: list[Callable[[], None]] = []
         self._drainer: asyncio.Task[None] | None = None
         self._dropped: set[int] = set()
         self._closed = False
         self._on_slow_consumer = on_slow_consumer
+        self._on_lagging = on_lagging
         self._on_coalesced = on_coalesced
         self._on_written = on_written
 
@@ -106,6 +133,12 @@ class Outbox:
         if not self._closed:
             self.dispatcher.submit(self, 0, data, None, 0, True)
 
+    def when_written(self, serial: int, callback: Callable[[], None]) -> None:
+        """From any thread: call `callback` on the loop once everything queued before it
+        has been handed to the socket (a replay's pace: actors/project.py). Never called
+        if the subscription or the connection ends first."""
+        self.dispatcher.submit(self, serial, callback, None, 0, True)  # type: ignore[arg-type]
+
     def put(
         self,
         serial: int,
@@ -119,6 +152,9 @@ class Outbox:
         if self._closed or serial in self._dropped:
             return
         if items is None:
+            if not isinstance(prefix, bytes):  # a when_written callback
+                self._when_written.append(prefix)
+                return
             if self._drainer is None:
                 self._ready.append((0, None, 0, prefix, 0))
             else:
@@ -140,17 +176,29 @@ class Outbox:
         """Write what `put` queued, or keep it in the backlog while the socket is paused."""
         self.touched = False
         ready, self._ready = self._ready, []
-        if not ready or self._closed:
+        if self._closed:
             return
-        if self._drainer is None and self.sink.writable():
-            self._write([frame for _serial, _node, _sequence, frame, _capacity in ready])
-            return
-        if not self.sink.is_open():
-            return  # closing: nothing more will be written
-        for serial, node_id, sequence, frame, capacity in ready:
-            self._backlog_append(serial, node_id, sequence, frame, capacity)
-        if self._drainer is None and self._backlog:
-            self._drainer = asyncio.ensure_future(self._drain())
+        if ready:
+            if self._drainer is None and self.sink.writable():
+                self._write([frame for _serial, _node, _sequence, frame, _capacity in ready])
+            elif not self.sink.is_open():
+                return  # closing: nothing more will be written
+            else:
+                for serial, node_id, sequence, frame, capacity in ready:
+                    self._backlog_append(serial, node_id, sequence, frame, capacity)
+                if self._drainer is None and self._backlog:
+                    self._backlog_since = time.monotonic()
+                    self._drainer = asyncio.ensure_future(self._drain())
+        if self._when_written and self._drainer is None:
+            self._call_when_written()
+
+    def _call_when_written(self) -> None:
+        waiting, self._when_written = self._when_written, []
+        for callback in waiting:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - one subscription's pace, not the loop's
+                log.exception("outbox: a when_written callback failed")
 
     def _backlog_append(
         self, serial: int, node_id: str | None, sequence: int, data: bytes, capacity: int
@@ -162,16 +210,23 @@ class Outbox:
         if serial in self._dropped:
             return False
         frame = _Frame(serial, node_id, sequence, data)
+        if not serial:
+            self._control_waiting += 1
+            if self._control_waiting > MAX_CONTROL_WAITING:
+                self._on_slow_consumer(
+                    f"connection too slow: more than {MAX_CONTROL_WAITING} protocol messages "
+                    "waiting; reconnect, and resubscribe with afterSequence: the last "
+                    "sequence you received"
+                )
+                return False
+        elif sequence:
+            self._first_waiting.setdefault(serial, sequence)
         if capacity and node_id is not None:
             pending = self._pending.get(serial, 0)
             if pending >= capacity:
                 older = self._by_node.get((serial, node_id))
                 if not older:
-                    self._dropped.add(serial)  # nothing after a lost frame
-                    self._on_slow_consumer(
-                        f"subscriber too slow: more than {capacity} events waiting; "
-                        f"resubscribe with afterSequence: {self._resume_point(serial, sequence)}"
-                    )
+                    self._shed(serial, sequence, capacity)
                     return False
                 older.popleft().data = None
                 pending -= 1
@@ -189,19 +244,33 @@ class Outbox:
             self._dead = 0
         return True
 
+    def _shed(self, serial: int, lost: int, capacity: int) -> None:
+        """`serial` cannot keep up: drop its waiting frames, have it told where to resume."""
+        after = self._resume_point(serial, lost)
+        self._dropped.add(serial)  # nothing after a lost frame
+        self._pending.pop(serial, None)
+        if self._on_lagging is None:  # no way to tell one subscription: close (1013)
+            self._on_slow_consumer(
+                f"subscriber too slow: more than {capacity} events waiting; "
+                f"resubscribe with afterSequence: {after}"
+            )
+            return
+        # The resume replays them (not coalesced): free their memory now.
+        for frame in self._backlog or ():
+            if frame.serial == serial and frame.data is not None:
+                frame.data = None
+                self._dead += 1
+        self._on_lagging(serial, after, capacity)
+
     def _resume_point(self, serial: int, lost: int) -> int:
         """The afterSequence from which a resubscription misses nothing of `serial`.
 
-        Everything of the subscription before its first frame still in the backlog (live
-        or coalesced away) has been handed to the socket, and reaches the client before
-        the close; from that frame on, nothing is sure. Frames are queued in sequence
-        order, so that frame's sequence - 1 (or the lost frame's, if none waits) is the
-        point. Once per slow verdict: a scan of one backlog.
+        Everything of the subscription before its first frame that entered the backlog
+        (live or coalesced away since) has been handed to the socket, and reaches the
+        client; from that frame on, nothing is sure. Frames are queued in sequence order,
+        so that frame's sequence - 1 (or the lost frame's, if none waits) is the point.
         """
-        for frame in self._backlog or ():
-            if frame.serial == serial and frame.sequence:
-                return min(frame.sequence, lost) - 1
-        return lost - 1
+        return min(self._first_waiting.get(serial, lost), lost) - 1
 
     async def _drain(self) -> None:
         """The one task of a paused connection: write the backlog each time it drains."""
@@ -216,7 +285,10 @@ class Outbox:
                 if frames:
                     self._write(frames)
                 if self.sink.writable():
+                    if self._when_written:
+                        self._call_when_written()
                     return
+                self._backlog_since = time.monotonic()
         finally:
             self._drainer = None
 
@@ -228,7 +300,9 @@ class Outbox:
         self._backlog = None
         self._pending.clear()
         self._by_node.clear()
+        self._first_waiting.clear()
         self._dead = 0
+        self._control_waiting = 0
 
     def drop(self, serial: int) -> None:
         """The subscription ended: its waiting frames will not be sent."""
@@ -243,6 +317,7 @@ class Outbox:
         """The connection is gone: drop everything, end the drain task."""
         self._closed = True
         self._ready = []
+        self._when_written = []
         self._clear_backlog()
         if self._drainer is not None:
             self._drainer.cancel()
@@ -251,3 +326,28 @@ class Outbox:
     def waiting(self) -> int:
         """Frames not yet handed to the socket."""
         return len(self._ready) + sum(1 for f in self._backlog or () if f.data is not None)
+
+    @property
+    def backlog_length(self) -> int:
+        """Frames queued behind the paused socket, coalesced husks included (the memory
+        held; a gauge reads it at scrape, so no scan)."""
+        return len(self._backlog) if self._backlog is not None else 0
+
+    def backlog_age(self, now: float) -> float:
+        """Seconds the oldest frame behind the paused socket has waited (0: none waits)."""
+        return now - self._backlog_since if self._backlog else 0.0
+
+    def lagging_error(self, after: int, capacity: int) -> dict[str, Any]:
+        """The protocol error of a shed subscription: where to resume without a gap."""
+        return lagging_error(after, capacity)
+
+
+def lagging_error(after: int, capacity: int) -> dict[str, Any]:
+    """A subscription's `error` when it was shed: what happened, and how to resume."""
+    return {
+        "message": (
+            f"subscriber too slow: more than {capacity} events waited for the socket; "
+            f"resubscribe with afterSequence: {after} to carry on without a gap"
+        ),
+        "extensions": {"code": SUBSCRIBER_TOO_SLOW, "afterSequence": after},
+    }

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.http import HttpConnection, HttpStream
-from gateway.outbox import Item, Outbox
+from gateway.outbox import Item, Outbox, lagging_error
 from gateway.subscriber import SubscriptionMailbox
 
 if TYPE_CHECKING:
@@ -121,17 +121,25 @@ class SseSubscription(HttpStream):
         gateway = self.gateway
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[None] = loop.create_future()
-        outbox = SseOutbox(
-            SseSink(out),
-            gateway.dispatcher(loop),
-            on_slow_consumer=lambda _reason: _end(ended),
-            on_coalesced=gateway.metrics.frames_coalesced.inc,
-            on_written=gateway.metrics.frames_delivered.inc,
-        )
 
         def failed(errors: list[dict[str, Any]]) -> None:
             outbox.put_control(next_event({"errors": errors}) + COMPLETE)
             loop.call_soon(_end, ended)
+
+        def lagging(_serial: int, after: int, capacity: int) -> None:
+            """Shed (gateway/outbox.py): an error event with the afterSequence to resume
+            from (as a `Last-Event-ID` or in the document), then the stream ends."""
+            gateway.metrics.subscriptions_shed.inc()
+            failed([lagging_error(after, capacity)])
+
+        outbox = SseOutbox(
+            SseSink(out),
+            gateway.dispatcher(loop),
+            on_slow_consumer=lambda _reason: _end(ended),
+            on_lagging=lagging,
+            on_coalesced=gateway.metrics.frames_coalesced.inc,
+            on_written=gateway.metrics.frames_delivered.inc,
+        )
 
         mailbox = SubscriptionMailbox(
             outbox,
