@@ -32,6 +32,17 @@ from pykka._envelope import Envelope
 log = logging.getLogger(__name__)
 
 DEFAULT_THREADS = 4
+
+
+class InboxCounts:
+    """Process-wide: leavable messages left out of full inboxes (read back by a catch-up)."""
+
+    def __init__(self) -> None:
+        self.left_out = 0
+        self.lock = threading.Lock()
+
+
+INBOX_COUNTS = InboxCounts()
 TURN = 64  # messages of one actor per turn, so one busy actor cannot starve its thread
 
 
@@ -117,6 +128,8 @@ class _Inbox:
 
     def _leave_out(self) -> None:
         """The inbox is full: instead of this message, one catch-up (if none waits)."""
+        with INBOX_COUNTS.lock:
+            INBOX_COUNTS.left_out += 1
         with self.lock:
             self.left_out += 1
             if self.catch_up_queued:
@@ -246,4 +259,4 @@ class PooledActor(pykka.Actor):
             ActorRegistry.stop_all()
 
 
-__all__ = ["ActorThreads", "PooledActor"]
+__all__ = ["INBOX_COUNTS", "ActorThreads", "PooledActor"]

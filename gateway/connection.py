@@ -52,6 +52,7 @@ class Connection:
             on_coalesced=gateway.metrics.frames_coalesced.inc,
             on_written=gateway.metrics.frames_delivered.inc,
         )
+        gateway.metrics.outboxes.add(self.outbox)
         self.presence = ConnectionPresence(gateway.services.hub, self.loop, gateway.pool)
         self.context = RequestContext(gateway.services, extras=self.presence.extras())
         self.subscriptions: dict[str, tuple[int, SubscriptionMailbox]] = {}

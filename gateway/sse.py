@@ -141,6 +141,7 @@ class SseSubscription(HttpStream):
             on_written=gateway.metrics.frames_delivered.inc,
         )
 
+        gateway.metrics.outboxes.add(outbox)
         mailbox = SubscriptionMailbox(
             outbox,
             b"",
@@ -175,10 +176,20 @@ class SseSubscription(HttpStream):
             outbox.close()
 
 
+FLUSH_SECONDS = 10.0  # how long an ending stream waits for its last events to be written
+
+
 async def outbox_flushed(outbox: Outbox) -> None:
-    """Let the Dispatcher write what is queued (a failure's error and complete)."""
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    """Let the outbox write what is queued (a failure's error and complete), even behind a
+    paused socket (a shed subscription's error waits there), for up to FLUSH_SECONDS or
+    until the client is gone."""
+    loop = asyncio.get_running_loop()
+    written: asyncio.Future[None] = loop.create_future()
+    outbox.when_written(0, lambda: written.done() or written.set_result(None))
+    deadline = loop.time() + FLUSH_SECONDS
+    while not written.done() and outbox.sink.is_open() and loop.time() < deadline:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(written), 0.5)
 
 
 def _end(ended: asyncio.Future[None]) -> None:
