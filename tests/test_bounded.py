@@ -289,3 +289,65 @@ def test_queue_depths_lag_and_shed_counts_are_on_metrics(server: Any) -> None:
         family = name.removesuffix("_total")
         assert f"# HELP {family} " in body or f"# HELP {name} " in body, f"{name}: no HELP"
     assert _value(body, "planpulse_delivery_lag_seconds") >= 0
+
+
+# --- the legacy protocol: shed with an `error` message ---------------------------------------
+
+
+def test_a_slow_legacy_reader_gets_an_error_message_and_resumes(start_server: Any) -> None:
+    from tests.test_legacy_gateway import init, legacy, recv_skipping_ka, start
+
+    server = start_server(gateway=GatewayConfig(port=0, mailbox_capacity=8))
+    pid, sources = project_with_sources(server, 40)
+    metrics = server.app.gateway.metrics
+    store = server.app.store
+
+    def sequence_of(message: dict[str, Any]) -> int:
+        return message["payload"]["data"]["nodeExecutionStatusChanged"]["sequence"]
+
+    async def scenario() -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        sock.connect(("127.0.0.1", server.port))
+        client = await legacy(server, max_size=None, sock=sock)
+        await init(client)
+        await start(client, "slow", SUBSCRIPTION, {"projectId": pid})
+        await asyncio.to_thread(wait_until, lambda: subscriber_count(server, pid) == 1)
+        first = _last(server, pid)
+        client.ws.transport.pause_reading()
+
+        def write_until_shed() -> None:
+            big = "x" * 50_000
+            i = 0
+            while metrics.subscriptions_shed._value.get() == 0 and i < 2_000:
+                server.app.bus.publish(store.data_source_failed(sources[i % len(sources)], big))
+                i += 1
+
+        await asyncio.to_thread(write_until_shed)
+        assert metrics.subscriptions_shed._value.get() == 1
+        last = _last(server, pid)
+        client.ws.transport.resume_reading()
+        before = []
+        while True:
+            message = await recv_skipping_ka(client, 20)
+            assert message.get("id") == "slow", message
+            if message["type"] == "error":
+                break
+            assert message["type"] == "data", message
+            before.append(sequence_of(message))
+        error = message["payload"]
+        resume = error["extensions"]["afterSequence"]
+        assert error["extensions"]["code"] == "SUBSCRIBER_TOO_SLOW"
+        assert f"afterSequence: {resume}" in error["message"]
+        assert before == list(range(first + 1, resume + 1))
+        await start(client, "slow", SUBSCRIPTION, {"projectId": pid, "after": resume})
+        replayed: list[int] = []
+        while not replayed or replayed[-1] < last:
+            message = await recv_skipping_ka(client, 20)
+            assert message["type"] == "data" and message["id"] == "slow", message
+            replayed.append(sequence_of(message))
+        assert replayed == list(range(resume + 1, last + 1))
+        assert metrics.slow_consumers_closed._value.get() == 0
+        await client.close()
+
+    run(scenario(), timeout=120)
