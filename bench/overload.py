@@ -30,15 +30,16 @@ import contextlib
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from sqlalchemy import Engine, create_engine, text
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.loadtest import PREPARE, Control, ServerUnderTest
@@ -217,15 +218,43 @@ def loadtest(server: ServerUnderTest, args: argparse.Namespace, rate: int) -> di
     }
 
 
-def read_log(database: str, pid: int, after: int) -> list[NodeEvent]:
-    """The project's log after `after`, from the server's database (read-only)."""
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+def read_log(engine: Engine, pid: int, after: int) -> list[NodeEvent]:
+    """The project's log after `after`, from the server's database."""
+    with engine.connect() as db:
         rows = db.execute(
-            "SELECT sequence FROM execution_events WHERE project_id = ? AND sequence > ? "
-            "ORDER BY sequence",
-            (pid, after),
-        ).fetchall()
+            text(
+                "SELECT sequence FROM execution_events WHERE project_id = :p AND sequence > :a "
+                "ORDER BY sequence"
+            ),
+            {"p": pid, "a": after},
+        ).all()
     return [(sequence, "plan", None) for (sequence,) in rows]
+
+
+def _last_sequence(engine: Engine, pid: int) -> int:
+    with engine.connect() as db:
+        row = db.execute(
+            text("SELECT last_sequence FROM projects WHERE id = :p"), {"p": pid}
+        ).first()
+    return int(row[0]) if row else 0
+
+
+def fresh_database(admin_url: str) -> tuple[str, str]:
+    """A new PostgreSQL database on the admin URL's server: (its SQLAlchemy URL, its name)."""
+    import psycopg
+
+    name = f"planpulse_overload_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    return f"{base}/{name}", name
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def phase(
@@ -243,7 +272,7 @@ async def phase(
     readers: list[SlowReader] = []
     tasks: list[asyncio.Future[Any]] = []
     pid, nodes, slow = plan
-    start = _last_sequence(server, pid)
+    start = _last_sequence(server.engine, pid)  # type: ignore[attr-defined]
     readers = [SlowReader(server.url, pid, start, args.slow_reads) for _ in range(slow)]
     last: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     tasks = [asyncio.ensure_future(r.run(stop, last)) for r in readers]
@@ -253,12 +282,12 @@ async def phase(
     result["healthy"] = await asyncio.to_thread(loadtest, server, args, rate)
     stop.set()
     result["plan_edits"] = await writing
-    last.set_result(_last_sequence(server, pid))
+    last.set_result(_last_sequence(server.engine, pid))  # type: ignore[attr-defined]
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 120)
     await sampler
     if readers:
-        log = read_log(server.database, pid, readers[0].after)
+        log = read_log(server.engine, pid, readers[0].after)  # type: ignore[attr-defined]
         verdicts = [mismatch(log, [(s, "plan", None) for s in r.sequences], after=r.after)
                     for r in readers]  # fmt: skip
         result["slow"] = {
@@ -279,17 +308,15 @@ async def phase(
     return result
 
 
-def _last_sequence(server: ServerUnderTest, pid: int) -> int:
-    with contextlib.closing(sqlite3.connect(f"file:{server.database}?mode=ro", uri=True)) as db:
-        row = db.execute("SELECT last_sequence FROM projects WHERE id = ?", (pid,)).fetchone()
-    return int(row[0]) if row else 0
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    start_args = argparse.Namespace(server="planpulse", database_url=None, server_arg=[])
+    database_url, pg_name = None, None
+    if args.postgres:
+        database_url, pg_name = fresh_database(args.postgres)
+    start_args = argparse.Namespace(server="planpulse", database_url=database_url, server_arg=[])
     server = await asyncio.to_thread(ServerUnderTest.start, start_args)
     assert server.workdir is not None
-    server.database = os.path.join(server.workdir, "loadtest.db")  # type: ignore[attr-defined]
+    url = database_url or f"sqlite:///{os.path.join(server.workdir, 'loadtest.db')}"
+    server.engine = create_engine(url)  # type: ignore[attr-defined]
     report: dict[str, Any] = {"args": vars(args), "server_command": server.command}
     try:
         control = await Control.open(server.url, None)
@@ -314,6 +341,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await control.close()
     finally:
         await asyncio.to_thread(server.stop)
+        server.engine.dispose()  # type: ignore[attr-defined]
+        if pg_name is not None:
+            drop_database(args.postgres, pg_name)
     return report
 
 
@@ -350,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow", type=int, default=4, help="lagging readers")
     parser.add_argument("--slow-reads", type=float, default=100.0, help="frames/s each reads")
     parser.add_argument("--frame-bytes", type=int, default=2000, help="a plan edit's frame")
+    parser.add_argument(
+        "--postgres",
+        metavar="ADMIN_URL",
+        help="run the server on a fresh PostgreSQL database made there (and dropped after), "
+        "e.g. postgresql://postgres@127.0.0.1:5432/test; default: SQLite",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     report = asyncio.run(run(args))

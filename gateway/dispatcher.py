@@ -91,7 +91,7 @@ class Dispatcher:
             self._blocked += 1
             self.producer_waits += 1
             try:
-                while len(self._queue) > low and not self._loop.is_closed():
+                while len(self._queue) > low and self._loop.is_running():
                     self._room.wait(0.1)
             finally:
                 self._blocked -= 1
