@@ -337,10 +337,6 @@ class Outbox:
         """Seconds the oldest frame behind the paused socket has waited (0: none waits)."""
         return now - self._backlog_since if self._backlog else 0.0
 
-    def lagging_error(self, after: int, capacity: int) -> dict[str, Any]:
-        """The protocol error of a shed subscription: where to resume without a gap."""
-        return lagging_error(after, capacity)
-
 
 def lagging_error(after: int, capacity: int) -> dict[str, Any]:
     """A subscription's `error` when it was shed: what happened, and how to resume."""
