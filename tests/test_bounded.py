@@ -209,6 +209,36 @@ def test_the_dispatcher_bound_makes_actor_threads_wait_and_loses_nothing() -> No
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+def test_a_connection_whose_protocol_messages_pile_up_is_closed_not_its_subscriptions() -> None:
+    """1013 only where the connection as a whole cannot keep up: protocol messages (never
+    coalesced nor shed) past MAX_CONTROL_WAITING behind a paused socket."""
+    from gateway.outbox import MAX_CONTROL_WAITING
+
+    async def scenario() -> None:
+        sink = Sink()
+        slow: list[str] = []
+        lagging: list[tuple[int, int, int]] = []
+        outbox = Outbox(
+            sink,
+            Dispatcher(asyncio.get_running_loop()),
+            on_slow_consumer=slow.append,
+            on_lagging=lambda *shed: lagging.append(shed),
+        )
+        sink.paused = True
+        for _ in range(MAX_CONTROL_WAITING):
+            outbox.put_control(b'{"type":"pong"}')
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert slow == [] and outbox.waiting == MAX_CONTROL_WAITING
+        outbox.put_control(b'{"type":"pong"}')
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(slow) == 1 and "connection too slow" in slow[0], slow
+        assert lagging == []
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
 # --- SSE: shed with an error event -----------------------------------------------------------
 
 
