@@ -89,7 +89,15 @@ class SlowReader:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
         sock.connect(_host_port(self.url))
-        ws = await connect(self.url, sock=sock, subprotocols=["graphql-transport-ws"], max_queue=16)  # type: ignore[list-item]
+        # No client pings: a reader this far behind gets the server's pong only after the
+        # frames before it, and would time out and close the socket itself.
+        ws = await connect(
+            self.url,
+            sock=sock,
+            subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+            max_queue=16,
+            ping_interval=None,
+        )
         try:
             await ws.send('{"type":"connection_init"}')
             assert orjson.loads(await ws.recv())["type"] == "connection_ack"
@@ -285,8 +293,9 @@ async def phase(
     result["plan_edits_per_s"] = round(await writing, 1)
     result["slow_reads_per_s"] = args.slow_reads
     last.set_result(_last_sequence(server.engine, pid))  # type: ignore[attr-defined]
+    ended: list[Any] = []
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 120)
+        ended = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 120)
     await sampler
     if readers:
         log = read_log(server.engine, pid, readers[0].after)  # type: ignore[attr-defined]
@@ -297,7 +306,7 @@ async def phase(
             "sheds": [r.sheds for r in readers],
             "equal_to_log": sum(v is None for v in verdicts),
             "mismatches": [v for v in verdicts if v][:3],
-            "errors": [e for r in readers for e in r.errors][:3],
+            "errors": ([e for r in readers for e in r.errors] + [repr(e) for e in ended if e])[:3],
             "log_events": len(log),
         }
     after = await asyncio.to_thread(scrape, server)
