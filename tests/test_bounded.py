@@ -128,6 +128,7 @@ def test_an_inbox_at_its_bound_loses_nothing(
 ) -> None:
     bound = 20
     monkeypatch.setattr(ProjectActor, "inbox_bound", bound)
+    monkeypatch.setattr(project_module, "REPLAY_PAGE", 16)  # the read-back takes pages too
     server = start_server(actor_threads=1)  # one actor thread: the blocker holds it
     pid, sources = project_with_sources(server, 5)
     store = server.app.store
@@ -157,6 +158,8 @@ def test_an_inbox_at_its_bound_loses_nothing(
             blocker.stop()
         got = await collect_until(client, "s", first + total)
         assert got == list(range(first + 1, first + total + 1)), "every one, once, in order"
+        stats = await asyncio.to_thread(_actor_stats, server, pid)
+        assert stats["gap_fills"] >= 1, stats
         body = await asyncio.to_thread(_scrape, server)
         assert _value(body, "planpulse_actor_inbox_left_out_total") >= total - bound
         await client.close()
