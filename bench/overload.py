@@ -316,6 +316,7 @@ async def phase(
     result["rss_mb_end"] = round((server.proc_status() or {}).get("rss_mb", 0.0), 1)
     series = result.pop("rss_mb_series", [])
     result["rss_mb_last_third_max"] = max(series[len(series) * 2 // 3 :] or [0])
+    result["rss_mb_every_10s"] = series[::20]  # sampled every 0.5 s
     return result
 
 
