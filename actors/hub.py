@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -282,6 +283,33 @@ class Hub:
         self._last_routed[project_id] = time.monotonic()
         return ref
 
+    # --- load ----------------------------------------------------------------------------
+
+    def inbox_load(self) -> InboxLoad:
+        """What waits in the project actors' inboxes now (for /metrics, on the event loop:
+        without the hub's lock, which reaping holds for up to a second)."""
+        while True:
+            try:
+                refs = list(self._actors.values())
+                break
+            except RuntimeError:  # changed while copied: again
+                continue
+        load = InboxLoad()
+        for ref in refs:
+            envelopes = getattr(ref.actor_inbox, "envelopes", None)
+            if not envelopes:
+                continue
+            waiting = len(envelopes)
+            load.total += waiting
+            load.largest = max(load.largest, waiting)
+            try:
+                timestamp = getattr(envelopes[0].message, "timestamp", None)
+            except IndexError:  # taken meanwhile
+                continue
+            if isinstance(timestamp, str) and (load.oldest is None or timestamp < load.oldest):
+                load.oldest = timestamp
+        return load
+
     # --- lifecycle ------------------------------------------------------------------------
 
     @property
@@ -350,6 +378,16 @@ class Hub:
                 pass
         self._reaper.join(timeout=5)
         self._supervisor.join(timeout=5)
+
+
+@dataclass(slots=True)
+class InboxLoad:
+    """Messages waiting in project actors' inboxes: in all, in the fullest one, and the
+    timestamp of the oldest change at the head of one (its lag; None: none waits)."""
+
+    total: int = 0
+    largest: int = 0
+    oldest: str | None = None
 
 
 def _resync(ref: pykka.ActorRef[ProjectActor]) -> None:

@@ -118,6 +118,17 @@ class Subscriber(Protocol):
         """End the subscription with GraphQL errors (the project does not exist, ...)."""
         ...
 
+    # Optional: `when_written(callback)`, call `callback` (from any thread, never blocking)
+    # once everything delivered so far has been handed to the socket. A resume's replay
+    # reads its next page only then (actors/project.py); without it, at once.
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayMore:
+    """The socket of a resuming subscriber took its replay so far: the next page."""
+
+    key: Hashable
+
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:

@@ -17,21 +17,33 @@ change with the plan and let a gateway with a stale map lose events: now a chang
 its nodes, resolved in the transaction that persisted it (`StatusChanged.nodes`). Routing
 reads them; the snapshot reads the plan in its own consistent transaction, where a cache
 would be a second, possibly older, answer. So there is nothing left for a cache to hold.
+
+Bounded. The inbox holds at most `INBOX_BOUND` logged changes (actors/runtime.py): a change
+that does not fit is left out, and a `Resync` queued in its place reads it back from the
+log, where it was committed before it was sent. Reads of the log go page by page
+(`REPLAY_PAGE` rows). A resume (`afterSequence`) is replayed one page at a time, the next
+page read only once the subscriber's socket has taken the last one (`Subscriber.
+when_written`); until its replay has reached the live point the subscriber is `_Replaying`,
+not in a group, and then it joins its group in this thread, between two changes, so it
+misses none and gets none twice. A server thus never holds a whole long replay in memory.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable
 from dataclasses import replace
 from typing import Any, NamedTuple
+
+import pykka
 
 from actors.events import node_events
 from actors.messages import (
     IdleCheck,
     LoggedChange,
     PlanChanged,
+    ReplayMore,
     Resync,
     Selection,
     StatusChanged,
@@ -41,7 +53,7 @@ from actors.messages import (
 )
 from actors.plan_events import DELTA, PLAN, delta_events, plan_dag_events
 from actors.presence import PresenceBoard, PresenceLeave, PresenceUpdate
-from actors.runtime import ShardedActor
+from actors.runtime import PooledActor
 from actors.state import message_from_row, status_from_row
 from storage import payloads, queries
 from storage.db import Database
@@ -50,7 +62,8 @@ from storage.retry import is_transient, reason, retrying
 
 log = logging.getLogger(__name__)
 
-REPLAY_PAGE = 1000
+REPLAY_PAGE = 1000  # log rows per read: a replay page, a page of a gap fill
+INBOX_BOUND = 10_000  # logged changes waiting in an actor's inbox before it reads the log
 ACTOR_DEADLINE = 0.5  # seconds an actor retries a read before the supervisor takes over
 
 
@@ -100,8 +113,22 @@ class _Group:
         self.subscribers: dict[Hashable, Subscriber] = {}
 
 
-class ProjectActor(ShardedActor):
+class _Replaying:
+    """A subscriber whose resume is being replayed, page by page, before it goes live."""
+
+    __slots__ = ("subscriber", "cursor")
+
+    def __init__(self, subscriber: Subscriber, cursor: int) -> None:
+        self.subscriber = subscriber
+        self.cursor = cursor  # replayed up to this sequence
+
+
+class ProjectActor(PooledActor):
     """Turns a project's logged changes into frames for its subscribers' mailboxes."""
+
+    inbox_bound = INBOX_BOUND
+    leavable = (StatusChanged, PlanChanged)  # committed before sent: the log has them
+    catch_up = Resync()
 
     def __init__(
         self,
@@ -126,6 +153,8 @@ class ProjectActor(ShardedActor):
         self.db = db
         self.groups: dict[Hashable, _Group] = {}
         self.subscriber_groups: dict[Hashable, Hashable] = {}
+        self.replaying: dict[Hashable, _Replaying] = {}  # resumes not yet live
+        self.replay_pages = 0  # replay pages read after the first (paced by the sockets)
         self.gap_fills = 0  # reads of the log for missing sequences (not per plan edit)
         self.last_activity = time.monotonic()
         self.presence = PresenceBoard()  # memory only (actors/presence.py)
@@ -166,9 +195,14 @@ class ProjectActor(ShardedActor):
             for group in self.groups.values()
             for subscriber in group.subscribers.values()
         ]
+        handover += [Subscribe(r.subscriber, r.cursor, False) for r in self.replaying.values()]
         handling = getattr(self, "_handling", None)
         subscribed = self.subscriber_groups
-        if isinstance(handling, Subscribe) and handling.subscriber.key not in subscribed:
+        if (
+            isinstance(handling, Subscribe)
+            and handling.subscriber.key not in subscribed
+            and handling.subscriber.key not in self.replaying
+        ):
             # Its own subscribe failed: not again (the same bug would strike again).
             handling.subscriber.fail(
                 [
@@ -214,6 +248,8 @@ class ProjectActor(ShardedActor):
                 self._send_presence(left)
         elif isinstance(message, Resync):
             self._resync()
+        elif isinstance(message, ReplayMore):
+            self._replay_more(message.key)
         elif isinstance(message, IdleCheck):
             return self._is_idle(message.idle_seconds)
         elif message == "stats":
@@ -225,6 +261,8 @@ class ProjectActor(ShardedActor):
     def stats(self) -> dict[str, Any]:
         return {
             "subscribers": len(self.subscriber_groups),
+            "replaying": len(self.replaying),
+            "replay_pages": self.replay_pages,
             "groups": len(self.groups),
             "last_sequence": self.last_sequence,
             "gap_fills": self.gap_fills,
@@ -233,6 +271,8 @@ class ProjectActor(ShardedActor):
 
     def _is_idle(self, idle_seconds: float) -> bool:
         if self.presence:  # editors present: their presence lives here
+            return False
+        if self.replaying:
             return False
         return not self.subscriber_groups and time.monotonic() - self.last_activity >= idle_seconds
 
@@ -278,8 +318,10 @@ class ProjectActor(ShardedActor):
     def _fill_gap(self, upto: int) -> None:
         """Deliver what the log holds after the last delivered sequence, up to `upto`.
 
-        All or nothing: the rows are read first, so a read that fails delivers nothing
-        and leaves `last_sequence` where it was.
+        Page by page (`REPLAY_PAGE` rows: an actor that fell far behind does not hold the
+        whole gap in memory), each page all or nothing: its rows are read first, so a
+        read that fails delivers nothing of it and leaves `last_sequence` after the last
+        page delivered.
         """
         if not self.groups:  # nobody to deliver to: nothing to read
             self.last_sequence = max(self.last_sequence, upto)
@@ -288,11 +330,17 @@ class ProjectActor(ShardedActor):
 
         def read() -> list[LoggedChange]:
             with self.db.read() as s:
-                rows = queries.events_after(s, self.project_id, self.last_sequence, upto=upto)
+                rows = queries.events_after(
+                    s, self.project_id, self.last_sequence, REPLAY_PAGE, upto
+                )
                 return [message_from_row(row) for row in rows]
 
-        for message in self._read(read, f"reading the log after {self.last_sequence}"):
-            self._publish(message)
+        while self.last_sequence < upto:
+            page = self._read(read, f"reading the log after {self.last_sequence}")
+            for message in page:
+                self._publish(message)
+            if len(page) < REPLAY_PAGE:
+                break
         self.last_sequence = max(self.last_sequence, upto)
 
     def _publish(self, message: LoggedChange) -> None:
@@ -353,15 +401,90 @@ class ProjectActor(ShardedActor):
                 after = self.last_sequence  # live from here: nothing delivered yet
             subscriber.fail([resubscribe_error(self.project_id, after, message.snapshot, error)])
             return
-        for items in replay:
+        for items in replay.pages:
             subscriber.deliver(items, replay=True)
+        if replay.cursor is None or replay.cursor >= self.last_sequence:
+            self._join(subscriber)
+            return
+        # More to replay: the next page once the socket has taken this one.
+        self.replaying[subscriber.key] = _Replaying(subscriber, replay.cursor)
+        self._ask_for_more(subscriber)
+
+    def _join(self, subscriber: Subscriber) -> None:
+        """Live from now: every change after `last_sequence` reaches it through its group."""
         group = self.groups.get(subscriber.selection.key)
         if group is None:
             group = self.groups[subscriber.selection.key] = _Group(subscriber.selection)
         group.subscribers[subscriber.key] = subscriber
         self.subscriber_groups[subscriber.key] = subscriber.selection.key
 
-    def _catch_up(self, message: Subscribe) -> Iterable[Sequence[Item]]:
+    def _ask_for_more(self, subscriber: Subscriber) -> None:
+        """Have the subscriber's socket say when it has taken what was delivered so far."""
+        tell = self.actor_ref.tell
+        message = ReplayMore(subscriber.key)
+
+        def more() -> None:
+            try:
+                tell(message)
+            except pykka.ActorDeadError:
+                pass  # failed: its replacement replays from the cursor (on_failure)
+
+        when_written = getattr(subscriber, "when_written", None)
+        if when_written is None:  # a subscriber without a socket: no pace to keep
+            more()
+        else:
+            when_written(more)
+
+    def _replay_more(self, key: Hashable) -> None:
+        """The next page of a resume whose previous page the socket has taken."""
+        replaying = self.replaying.get(key)
+        if replaying is None:
+            return  # it left meanwhile
+        subscriber = replaying.subscriber
+        upto = self.last_sequence  # live delivery is here: replay up to it, then join
+        try:
+            with_page = self._read(
+                lambda: self._next_page(subscriber.selection, replaying.cursor, upto),
+                f"replaying after {replaying.cursor}",
+            )
+        except _Refused as refused:
+            del self.replaying[key]
+            subscriber.fail([refused.error])
+            return
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            del self.replaying[key]
+            subscriber.fail([resubscribe_error(self.project_id, replaying.cursor, False, error)])
+            return
+        page, cursor = with_page
+        self.replay_pages += 1
+        if page:
+            subscriber.deliver(page, replay=True)
+        replaying.cursor = cursor
+        if cursor >= self.last_sequence:
+            del self.replaying[key]
+            self._join(subscriber)
+        else:
+            self._ask_for_more(subscriber)
+
+    def _next_page(self, selection: Selection, after: int, upto: int) -> tuple[list[Item], int]:
+        """A later page of a replay: the log must still hold everything after `after`."""
+        with self.db.read() as s:
+            oldest = queries.oldest_retained_sequence(s, self.project_id)
+            if oldest is not None and oldest > after + 1:
+                raise _Refused(
+                    f"events after sequence {after} of project {self.project_id} left the "
+                    f"event log while they were being replayed (its retention limit now "
+                    f"starts at sequence {oldest}): resubscribe with afterSequence: {after} "
+                    "and snapshot: true to get the current state",
+                    code="RESUME_TOO_OLD",
+                    oldest=oldest,
+                    afterSequence=after,
+                )
+            return self._replay_page(s, selection, after, upto)
+
+    def _catch_up(self, message: Subscribe) -> _CatchUp:
         """What a new subscriber gets before live events, all from one consistent read.
 
         The read's last sequence is the stamp S. For a replay or a snapshot, everything up
@@ -370,7 +493,8 @@ class ProjectActor(ShardedActor):
         continues exactly after S. Then the newcomer gets, up to S:
 
         * `afterSequence: n` while the log still holds everything after n: the replay of
-          (n, S], with or without `snapshot` (the client has the state up to n);
+          (n, S], with or without `snapshot` (the client has the state up to n): its
+          first page now, the rest as the socket takes it (`cursor`: replayed so far);
         * `snapshot: true` without `afterSequence`, or with one the log has dropped: the
           latest logged state of every node up to S, each item with its own sequence,
           in sequence order;
@@ -389,7 +513,7 @@ class ProjectActor(ShardedActor):
                         code="PROJECT_NOT_FOUND",
                     )
             current = self.presence.current()
-            return [[_item(PRESENCE, e, selection.render(e)) for e in current]] if current else []
+            return _CatchUp([[_item(PRESENCE, e, selection.render(e)) for e in current]])
         with self.db.consistent_read() as s:
             if queries.get_project(s, self.project_id) is None:
                 raise _Refused(
@@ -405,7 +529,8 @@ class ProjectActor(ShardedActor):
             if after is not None:
                 oldest = queries.oldest_retained_sequence(s, self.project_id)
                 if after >= stamp or (oldest is not None and oldest <= after + 1):
-                    return self._replay(s, selection, after, stamp)
+                    page, cursor = self._replay_page(s, selection, after, stamp)
+                    return _CatchUp([page], cursor)
                 if not message.snapshot:
                     raise _Refused(
                         f"events after sequence {after} of project {self.project_id} are no "
@@ -417,8 +542,8 @@ class ProjectActor(ShardedActor):
                         oldest=oldest,
                     )
             if message.snapshot and _stream(selection) == "status":
-                return [self._snapshot(s, selection, stamp)]
-        return []
+                return _CatchUp([self._snapshot(s, selection, stamp)])
+        return _CatchUp([])
 
     def _check_after(self, after: int, committed: int) -> None:
         if after < 0:
@@ -433,26 +558,25 @@ class ProjectActor(ShardedActor):
                 code="BAD_AFTER_SEQUENCE",
             )
 
-    def _replay(self, s: Any, selection: Selection, after: int, upto: int) -> list[list[Item]]:
-        """The logged state changes in (after, upto], one query per page."""
-        pages: list[list[Item]] = []
-        cursor = after
+    def _replay_page(
+        self, s: Any, selection: Selection, after: int, upto: int
+    ) -> tuple[list[Item], int]:
+        """One page of the logged changes in (after, upto], and the sequence it reaches."""
         stream = _stream(selection)
         status = stream == "status"
-        while cursor < upto:
-            rows = queries.events_after(
-                s, self.project_id, cursor, REPLAY_PAGE, upto, status_only=status
-            )
-            if not rows:
-                break
-            page = []
-            for row in rows:
-                change = status_from_row(row) if status else message_from_row(row)
-                for event in _EVENTS[stream](change):
-                    page.append(_item(stream, event, selection.render(event)))
-            pages.append(page)
-            cursor = rows[-1].sequence
-        return pages
+        if after >= upto:
+            return [], after
+        rows = queries.events_after(
+            s, self.project_id, after, REPLAY_PAGE, upto, status_only=status
+        )
+        page = []
+        for row in rows:
+            change = status_from_row(row) if status else message_from_row(row)
+            for event in _EVENTS[stream](change):
+                page.append(_item(stream, event, selection.render(event)))
+        # A short page is the last: nothing else of this stream up to `upto`.
+        cursor = rows[-1].sequence if len(rows) == REPLAY_PAGE else upto
+        return page, cursor
 
     def _snapshot(self, s: Any, selection: Selection, stamp: int) -> list[Item]:
         """The latest logged state of every node of the plan, as of `stamp`.
@@ -515,6 +639,7 @@ class ProjectActor(ShardedActor):
         )
 
     def _remove(self, key: Hashable) -> None:
+        self.replaying.pop(key, None)
         group_key = self.subscriber_groups.pop(key, None)
         if group_key is None:
             return
@@ -541,6 +666,17 @@ def resubscribe_error(
         ),
         "extensions": {"code": "EVENT_LOG_UNAVAILABLE", "afterSequence": after},
     }
+
+
+class _CatchUp:
+    """What a new subscriber gets first: pages of items, and, if its replay goes on,
+    the sequence replayed so far (None: nothing more, it is live at once)."""
+
+    __slots__ = ("pages", "cursor")
+
+    def __init__(self, pages: list[list[Item]], cursor: int | None = None) -> None:
+        self.pages = [page for page in pages if page]
+        self.cursor = cursor
 
 
 class _Refused(Exception):

@@ -38,7 +38,7 @@ from actors.hub import Hub
 from actors.messages import Resync
 from actors.plan import NodeHook
 from actors.redis_bus import REDIS_URL_SCHEMES, RedisBus
-from actors.runtime import DEFAULT_THREADS, ShardedActor
+from actors.runtime import DEFAULT_THREADS, PooledActor
 from actors.state import DEFAULT_RETENTION, StateStore
 from actors.work_queue import DEFAULT_MAX_ATTEMPTS, QueueWorker, WorkQueue
 from actors.worker import Worker
@@ -243,7 +243,7 @@ class App:
         self.deployment = config.deployment()
         if not self.deployment.serves_sockets:
             raise DeploymentError("worker mode serves no sockets: build it with build_worker")
-        ShardedActor.use_threads(config.actor_threads)
+        PooledActor.use_threads(config.actor_threads)
         self.db = open_database(config.database_url, wait=config.database_wait)
         self.store = StateStore(self.db, retention=config.retention)
         self.redis: RedisBus | None = None

@@ -23,7 +23,7 @@ from gateway import protocol as p
 from gateway import subprotocols
 from gateway.errors import internal_error, public_errors
 from gateway.operations import error_dict, operation_of, subscription_request
-from gateway.outbox import SLOW_CONSUMER_CODE, Outbox
+from gateway.outbox import SLOW_CONSUMER_CODE, Outbox, lagging_error
 from gateway.presence import ConnectionPresence
 from gateway.services import RequestContext
 from gateway.subscriber import SubscriptionMailbox
@@ -48,9 +48,11 @@ class Connection:
             SocketSink(ws),
             gateway.dispatcher(self.loop),
             on_slow_consumer=self._on_slow_consumer,
+            on_lagging=self._on_lagging,
             on_coalesced=gateway.metrics.frames_coalesced.inc,
             on_written=gateway.metrics.frames_delivered.inc,
         )
+        gateway.metrics.outboxes.add(self.outbox)
         self.presence = ConnectionPresence(gateway.services.hub, self.loop, gateway.pool)
         self.context = RequestContext(gateway.services, presence=self.presence)
         self.subscriptions: dict[str, tuple[int, SubscriptionMailbox]] = {}
@@ -133,7 +135,33 @@ class Connection:
                 self.outbox.put_control(action.text)
         self._keepalive_timer = self.loop.call_later(self.keepalive_interval, self._on_keepalive)
 
+    def _on_lagging(self, serial: int, after: int, capacity: int) -> None:
+        """One subscription could not keep up (gateway/outbox.py): it alone ends, with a
+        protocol `error` that names the afterSequence to resume from without a gap. Its
+        frames already on the socket arrive first; the connection's other operations are
+        untouched. (Called inside the outbox's flush: the error is queued synchronously,
+        behind everything of the subscription that was written.)"""
+        if self.closing:
+            return
+        found = [
+            (op_id, project_id, mailbox)
+            for op_id, (project_id, mailbox) in self.subscriptions.items()
+            if mailbox.serial == serial
+        ]
+        if not found:
+            return  # already ended
+        op_id, project_id, mailbox = found[0]
+        del self.subscriptions[op_id]
+        self.gateway.metrics.subscriptions.dec()
+        self.gateway.metrics.subscriptions_shed.inc()
+        self._off_loop(self.gateway.services.hub.unsubscribe, project_id, mailbox.key)
+        for action in self.protocol.error(op_id, [lagging_error(after, capacity)]):
+            if isinstance(action, p.Send):
+                self.outbox.put_control(action.text)
+
     def _on_slow_consumer(self, reason: str) -> None:
+        """The connection as a whole cannot keep up (its protocol messages pile up behind
+        a paused socket, see gateway/outbox.py): close it with 1013 and `reason`."""
         if self.closing:
             return
         self.gateway.metrics.slow_consumers_closed.inc()

@@ -7,12 +7,19 @@ delivery of a burst schedules one loop callback for the whole burst (one
 delivery to its connection's `Outbox` (gateway/outbox.py) and then writes every touched
 connection once, synchronously, as `websockets.broadcast` does: no task, no lock and no
 await per frame on the hot path; the frames-written metric is counted once per burst.
+
+Bounded. At most about `max_waiting` deliveries wait for the loop: past that, an actor
+thread that submits waits (backpressure) until the loop has taken the queue down to half,
+the loop itself never waits (its own control frames always go in). While actor threads
+wait, their inboxes fill, and a full inbox leaves logged changes to the event log
+(actors/runtime.py), so the backpressure costs memory nowhere and loses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -42,12 +49,19 @@ class Dispatcher:
 
     # Entries handled per loop callback before yielding to sockets and timers.
     BATCH = 5000
+    MAX_WAITING = 50_000  # deliveries queued before actor threads wait (see the docstring)
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_waiting: int = MAX_WAITING) -> None:
         self._loop = loop
         self._queue: deque[Delivery] = deque()
         self._lock = threading.Lock()
         self._scheduled = False
+        self._scheduled_at = 0.0  # when the pending run was asked for (the queue's age)
+        self.max_waiting = max_waiting
+        self._loop_thread = threading.get_ident()  # made on the loop (Gateway.dispatcher)
+        self._room = threading.Condition(threading.Lock())
+        self._blocked = 0  # producer threads waiting for room
+        self.producer_waits = 0  # times an actor thread waited for room (a counter)
 
     def submit(
         self,
@@ -57,15 +71,21 @@ class Dispatcher:
         replay: bool,
     ) -> None:
         """From any thread: queue a subscription's rendered items (see `Outbox.put`)."""
-        self._queue.append((outbox, subscription, items, replay))
+        queue = self._queue
+        queue.append((outbox, subscription, items, replay))
         if not self._scheduled:
             self._schedule()
+        if len(queue) > self.max_waiting:
+            self._wait_for_room()
 
     def submit_control(self, outbox: Outbox, frame: bytes) -> None:
         """From any thread: queue a protocol frame, in order with the deliveries before it."""
-        self._queue.append((outbox, None, frame, True))
+        queue = self._queue
+        queue.append((outbox, None, frame, True))
         if not self._scheduled:
             self._schedule()
+        if len(queue) > self.max_waiting:
+            self._wait_for_room()
 
     def _schedule(self) -> None:
         # A pending run will see what was just queued: it resets the flag before draining.
@@ -73,10 +93,25 @@ class Dispatcher:
             if self._scheduled:
                 return
             self._scheduled = True
+            self._scheduled_at = time.monotonic()
         try:
             self._loop.call_soon_threadsafe(self._run)
         except RuntimeError:  # the loop is closed: the server has stopped
             pass
+
+    def _wait_for_room(self) -> None:
+        """An actor thread: wait until the loop took the queue down to half its bound."""
+        if threading.get_ident() == self._loop_thread:
+            return  # the loop never waits for itself
+        low = self.max_waiting // 2
+        with self._room:
+            self._blocked += 1
+            self.producer_waits += 1
+            try:
+                while len(self._queue) > low and self._loop.is_running():
+                    self._room.wait(0.1)
+            finally:
+                self._blocked -= 1
 
     def _run(self) -> None:
         with self._lock:
@@ -100,6 +135,9 @@ class Dispatcher:
                 written[counter] = written.get(counter, 0) + count
         for counter, count in written.items():
             counter(count)  # once per burst, not per socket write (prometheus locks)
+        if self._blocked and len(queue) <= self.max_waiting // 2:
+            with self._room:
+                self._room.notify_all()
         if queue:
             with self._lock:
                 if self._scheduled:
@@ -110,3 +148,7 @@ class Dispatcher:
     @property
     def waiting(self) -> int:
         return len(self._queue)
+
+    def age(self, now: float) -> float:
+        """At most how long the oldest waiting delivery has waited (0: none waits)."""
+        return now - self._scheduled_at if self._queue else 0.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -21,10 +22,11 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from actors.bus import PUBLISH_FAILURES
+from actors.runtime import INBOX_COUNTS
 from storage.retry import COUNTS
 
 
@@ -61,9 +63,18 @@ class GatewayMetrics:
         )
         self.slow_consumers_closed = Counter(
             "planpulse_slow_consumers_closed",
-            "Connections closed because a subscriber could not keep up",
+            "Connections closed with 1013 because their protocol messages could not be "
+            "written (a lagging subscription alone is shed, see planpulse_subscriptions_shed)",
             registry=r,
         )
+        self.subscriptions_shed = Counter(
+            "planpulse_subscriptions_shed",
+            "Subscriptions told to resume with afterSequence because they lagged even after "
+            "coalescing (a protocol error for that subscription; the connection stays)",
+            registry=r,
+        )
+        # Every live outbox (WebSocket and SSE), for the queue gauges (watch_delivery_queues).
+        self.outboxes: weakref.WeakSet[Any] = weakref.WeakSet()
         self._delivered: deque[tuple[str, float]] = deque()  # (timestamp, handed over at)
         self._observing = threading.Lock()
         self.handover_latency = Histogram(
@@ -87,6 +98,28 @@ class GatewayMetrics:
                 "planpulse_route_failures",
                 "Bus messages a dead project actor could not take (its replacement catches up)",
                 lambda: hub.route_failures,
+            )
+        )
+
+    def watch_delivery_queues(self, hub: Any) -> None:
+        """Queue depths and lag along the delivery path (issue 16: bounded everywhere), read
+        at scrape, on the event loop: the hub's project actors' inboxes, the Dispatcher's
+        queue, every outbox's backlog behind a paused socket."""
+        r = self.registry
+        r.register(_DeliveryQueues(hub, self.outboxes))
+        r.register(
+            _CallbackCounter(
+                "planpulse_actor_inbox_left_out",
+                "Logged changes left out of a full project-actor inbox and read back from the "
+                "event log instead (nothing lost)",
+                lambda: INBOX_COUNTS.left_out,
+            )
+        )
+        r.register(
+            _CallbackCounter(
+                "planpulse_dispatcher_producer_waits",
+                "Times an actor thread waited because the Dispatcher queue was at its bound",
+                lambda: sum(d.producer_waits for d in _dispatchers(self.outboxes)),
             )
         )
 
@@ -160,6 +193,64 @@ def _publish_failures() -> int:
 
 
 _RECEIVED = "State changes received from the bus by this process (whether or not watched)"
+
+
+def _dispatchers(outboxes: Any) -> set[Any]:
+    return {outbox.dispatcher for outbox in list(outboxes)}
+
+
+class _DeliveryQueues(Collector):
+    """Depths and lag of the delivery path's queues, measured when scraped."""
+
+    def __init__(self, hub: Any, outboxes: Any) -> None:
+        self.hub = hub
+        self.outboxes = outboxes
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = time.monotonic()
+        inboxes = self.hub.inbox_load()
+        outboxes = list(self.outboxes)
+        dispatchers = _dispatchers(outboxes)
+        backlogs = [outbox.backlog_length for outbox in outboxes]
+        lag = max(
+            [outbox.backlog_age(now) for outbox in outboxes]
+            + [d.age(now) for d in dispatchers]
+            + [0.0]
+        )
+        if inboxes.oldest is not None:
+            try:
+                lag = max(lag, time.time() - datetime.fromisoformat(inboxes.oldest).timestamp())
+            except ValueError:
+                pass
+        for name, doc, value in (
+            ("planpulse_actor_inbox_messages", _INBOX_TOTAL, inboxes.total),
+            ("planpulse_actor_inbox_max_messages", _INBOX_MAX, inboxes.largest),
+            (
+                "planpulse_dispatcher_queue_deliveries",
+                "Deliveries queued from actor threads for the event loop (bounded)",
+                sum(d.waiting for d in dispatchers),
+            ),
+            (
+                "planpulse_outbox_backlog_frames",
+                "Frames waiting behind paused sockets, all connections together",
+                sum(backlogs),
+            ),
+            (
+                "planpulse_outbox_backlog_max_frames",
+                "Frames waiting behind the most backed-up connection's paused socket",
+                max(backlogs, default=0),
+            ),
+            ("planpulse_delivery_lag_seconds", _LAG, max(0.0, lag)),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+
+
+_INBOX_TOTAL = "Messages waiting in project actors' inboxes, all actors together"
+_INBOX_MAX = "Messages waiting in the fullest project actor's inbox (bounded: INBOX_BOUND)"
+_LAG = (
+    "Age of the oldest event not yet written to its socket: at the head of an actor's inbox, "
+    "in the Dispatcher queue or behind a paused socket (0 when nothing waits)"
+)
 
 
 class _CallbackCounter(Collector):

@@ -83,6 +83,7 @@ class Gateway:
             lambda: services.hub.actor_count, lambda: services.hub.changes_routed
         )
         self.metrics.watch_hub(services.hub)
+        self.metrics.watch_delivery_queues(services.hub)
         self.pool = ThreadPoolExecutor(self.config.worker_threads, thread_name_prefix="graphql")
         self.connections: set[Connection] = set()
         self.server: Server | None = None

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.http import HttpConnection, HttpStream
-from gateway.outbox import Item, Outbox, Subscription
+from gateway.outbox import Item, Outbox, Subscription, WhenWritten, lagging_error
 from gateway.subscriber import SubscriptionMailbox
 
 if TYPE_CHECKING:
@@ -93,6 +93,9 @@ class SseOutbox(Outbox):
         """Control frames the slow way too, so they stay in order with `put`'s."""
         if self._closed:
             return
+        if type(frame) is WhenWritten:
+            super().put_frame(frame)
+            return
         if self._drainer is None:
             self._ready.append((0, None, 0, frame, 0))
         else:
@@ -120,18 +123,27 @@ class SseSubscription(HttpStream):
         gateway = self.gateway
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[None] = loop.create_future()
-        outbox = SseOutbox(
-            SseSink(out),
-            gateway.dispatcher(loop),
-            on_slow_consumer=lambda _reason: _end(ended),
-            on_coalesced=gateway.metrics.frames_coalesced.inc,
-            on_written=gateway.metrics.frames_delivered.inc,
-        )
 
         def failed(errors: list[dict[str, Any]]) -> None:
             outbox.put_control(next_event({"errors": errors}) + COMPLETE)
             loop.call_soon(_end, ended)
 
+        def lagging(_serial: int, after: int, capacity: int) -> None:
+            """Shed (gateway/outbox.py): an error event with the afterSequence to resume
+            from (as a `Last-Event-ID` or in the document), then the stream ends."""
+            gateway.metrics.subscriptions_shed.inc()
+            failed([lagging_error(after, capacity)])
+
+        outbox = SseOutbox(
+            SseSink(out),
+            gateway.dispatcher(loop),
+            on_slow_consumer=lambda _reason: _end(ended),
+            on_lagging=lagging,
+            on_coalesced=gateway.metrics.frames_coalesced.inc,
+            on_written=gateway.metrics.frames_delivered.inc,
+        )
+
+        gateway.metrics.outboxes.add(outbox)
         mailbox = SubscriptionMailbox(
             outbox,
             b"",
@@ -166,10 +178,20 @@ class SseSubscription(HttpStream):
             outbox.close()
 
 
+FLUSH_SECONDS = 10.0  # how long an ending stream waits for its last events to be written
+
+
 async def outbox_flushed(outbox: Outbox) -> None:
-    """Let the Dispatcher write what is queued (a failure's error and complete)."""
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    """Let the outbox write what is queued (a failure's error and complete), even behind a
+    paused socket (a shed subscription's error waits there), for up to FLUSH_SECONDS or
+    until the client is gone."""
+    loop = asyncio.get_running_loop()
+    written: asyncio.Future[None] = loop.create_future()
+    outbox.when_written(0, lambda: written.done() or written.set_result(None))
+    deadline = loop.time() + FLUSH_SECONDS
+    while not written.done() and outbox.sink.is_open() and loop.time() < deadline:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(written), 0.5)
 
 
 def _end(ended: asyncio.Future[None]) -> None:

@@ -44,3 +44,7 @@ class SubscriptionMailbox:
 
     def fail(self, errors: list[dict[str, Any]]) -> None:
         self._on_fail(errors)
+
+    def when_written(self, callback: Callable[[], None]) -> None:
+        """`callback` once what was delivered so far is on the socket (a replay's pace)."""
+        self._outbox.when_written(self.serial, callback)

@@ -12,7 +12,6 @@ from typing import Any
 
 import pykka
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from actors.messages import StatusChanged
 from actors.project import ProjectActor
@@ -164,7 +163,9 @@ def test_resume_from_before_retention_is_an_error(start_server: Any) -> None:
     run(scenario())
 
 
-def test_a_reader_that_stops_reading_is_closed_and_others_keep_up(start_server: Any) -> None:
+def test_a_reader_that_stops_reading_is_shed_and_others_keep_up(start_server: Any) -> None:
+    """A reader that stops reading loses its subscription alone (a protocol `error` naming
+    afterSequence), not its connection; a fast reader of the same project gets everything."""
     server = start_server(gateway=GatewayConfig(port=0, mailbox_capacity=8, close_timeout=0.5))
     pid, sources = project_with_sources(server, 40)
     metrics = server.app.gateway.metrics
@@ -193,21 +194,40 @@ def test_a_reader_that_stops_reading_is_closed_and_others_keep_up(start_server: 
             got += more
         assert got == list(range(first + 1, first + count + 1)), "the fast reader got all"
         await asyncio.to_thread(
-            wait_until, lambda: metrics.slow_consumers_closed._value.get() == 1, 20
+            wait_until, lambda: metrics.subscriptions_shed._value.get() == 1, 20
         )
+        await asyncio.to_thread(wait_until, lambda: subscriber_count(server, pid) == 1)
         stalled.ws.transport.resume_reading()
-        code, reason = await stalled.closed()
-        assert code in (1013, 1006), (code, reason)
+        error = await _frames_then_error(stalled, "slow", set())
+        assert error["payload"][0]["extensions"]["code"] == "SUBSCRIBER_TOO_SLOW"
+        # The connection is still there: it answers a ping.
+        await stalled.send({"type": "ping"})
+        assert (await stalled.recv())["type"] == "pong"
+        assert metrics.slow_consumers_closed._value.get() == 0
+        await stalled.close()
         await healthy.close()
 
     run(scenario())
     wait_until(lambda: subscriber_count(server, pid) == 0)
 
 
-def test_a_closed_slow_reader_resumes_from_the_reason_with_no_gap(start_server: Any) -> None:
-    """The 1013 reason names `afterSequence: N`: what arrived before the close covers every
-    sequence up to N, a resubscription from N everything after (persisted changes, real
-    sockets, a reader that stops reading)."""
+async def _frames_then_error(client: RawClient, op_id: str, seen: set[int]) -> dict[str, Any]:
+    """Read `op_id`'s frames (their sequences into `seen`) until its `error`."""
+    while True:
+        message = await client.recv(timeout=20)
+        assert message.get("id") == op_id, message
+        if message["type"] == "error":
+            return message
+        assert message["type"] == "next", message
+        seen.add(message["payload"]["data"]["nodeExecutionStatusChanged"]["sequence"])
+
+
+def test_a_shed_slow_reader_resumes_on_its_connection_with_no_gap(start_server: Any) -> None:
+    """The shed subscription's error names `afterSequence: N` (message and extensions):
+    what arrived before it covers every sequence up to N, and a resubscription on the same
+    connection, with the same id, from N gets everything after, in order, once (persisted
+    changes, real sockets, a reader that stops reading); a fast reader on the same project
+    meanwhile gets every change."""
     server = start_server(gateway=GatewayConfig(port=0, mailbox_capacity=8, close_timeout=10))
     pid, sources = project_with_sources(server, 40)
     metrics = server.app.gateway.metrics
@@ -220,42 +240,51 @@ def test_a_closed_slow_reader_resumes_from_the_reason_with_no_gap(start_server: 
         stalled = await RawClient.open(server.url, max_size=None, sock=sock)
         await stalled.init()
         await stalled.subscribe("slow", SUBSCRIPTION, {"projectId": pid})
-        await asyncio.to_thread(wait_until, lambda: subscriber_count(server, pid) == 1)
+        healthy = await RawClient.open(server.url, max_size=None)
+        await healthy.init()
+        await healthy.subscribe("fast", SUBSCRIPTION, {"projectId": pid})
+        await asyncio.to_thread(wait_until, lambda: subscriber_count(server, pid) == 2)
         with server.app.db.read() as s:
             first = queries.last_sequence(s, pid)
         stalled.ws.transport.pause_reading()
 
-        def write_until_closed() -> None:
+        def write_until_shed() -> None:
             big = "x" * 50_000  # persisted 50 KB error messages fill the socket's buffers fast
             i = 0
-            while metrics.slow_consumers_closed._value.get() == 0 and i < 2_000:
+            while metrics.subscriptions_shed._value.get() == 0 and i < 2_000:
                 server.app.bus.publish(store.data_source_failed(sources[i % len(sources)], big))
                 i += 1
 
-        await asyncio.to_thread(write_until_closed)
-        assert metrics.slow_consumers_closed._value.get() == 1
-        with server.app.db.read() as s:
-            last = queries.last_sequence(s, pid)
+        writing = asyncio.ensure_future(asyncio.to_thread(write_until_shed))
+        fast: list[int] = []
+        while not (writing.done() and fast and fast[-1] == _last(server, pid)):
+            message = await healthy.recv(timeout=20)
+            fast.append(message["payload"]["data"]["nodeExecutionStatusChanged"]["sequence"])
+        await writing
+        assert metrics.subscriptions_shed._value.get() == 1
+        last = _last(server, pid)
+        assert fast == list(range(first + 1, last + 1)), "the fast reader got every change"
         stalled.ws.transport.resume_reading()
         before: set[int] = set()
-        try:
-            while True:
-                message = await stalled.recv(timeout=20)
-                payload = message["payload"]["data"]["nodeExecutionStatusChanged"]
-                before.add(payload["sequence"])
-        except ConnectionClosed as closed:
-            assert closed.rcvd is not None and closed.rcvd.code == 1013, closed
-            reason = closed.rcvd.reason
-        resume = int(reason.rsplit("afterSequence: ", 1)[1])
-        assert set(range(first + 1, resume + 1)) <= before, (first, resume, reason)
-        again = await RawClient.open(server.url, max_size=None)
-        await again.init()
-        await again.subscribe("again", SUBSCRIPTION, {"projectId": pid, "after": resume})
-        replayed = await collect_until(again, "again", last)
+        error = await _frames_then_error(stalled, "slow", before)
+        (shed,) = error["payload"]
+        resume = shed["extensions"]["afterSequence"]
+        assert shed["extensions"]["code"] == "SUBSCRIBER_TOO_SLOW"
+        assert f"afterSequence: {resume}" in shed["message"]
+        assert before == set(range(first + 1, resume + 1)), (first, resume, sorted(before))
+        await stalled.subscribe("slow", SUBSCRIPTION, {"projectId": pid, "after": resume})
+        replayed = await collect_until(stalled, "slow", last)
         assert replayed == list(range(resume + 1, last + 1))
-        await again.close()
+        assert metrics.slow_consumers_closed._value.get() == 0
+        await stalled.close()
+        await healthy.close()
 
-    run(scenario())
+    run(scenario(), timeout=120)
+
+
+def _last(server: Any, pid: int) -> int:
+    with server.app.db.read() as s:
+        return queries.last_sequence(s, pid)
 
 
 def test_a_slow_reader_of_few_nodes_is_coalesced_not_closed(start_server: Any) -> None:

@@ -14,20 +14,20 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.runtime import TURN, ActorThreads, ShardedActor
+from actors.runtime import TURN, ActorThreads, PooledActor
 
 
 @pytest.fixture
 def runtime() -> Iterator[ActorThreads]:
-    saved = ShardedActor.runtime
-    ShardedActor.runtime = ActorThreads(2)
+    saved = PooledActor.runtime
+    PooledActor.runtime = ActorThreads(2)
     try:
-        yield ShardedActor.runtime
+        yield PooledActor.runtime
     finally:
-        ShardedActor.runtime = saved
+        PooledActor.runtime = saved
 
 
-class Recorder(ShardedActor):
+class Recorder(PooledActor):
     def __init__(self, gate: threading.Event | None = None) -> None:
         super().__init__()
         self.seen: list[Any] = []
@@ -111,7 +111,7 @@ def test_a_told_message_that_raises_stops_only_that_actor(runtime: ActorThreads)
     other.stop()
 
 
-class Logger(ShardedActor):
+class Logger(PooledActor):
     def __init__(self, name: str, log: list[str], gate: threading.Event) -> None:
         super().__init__()
         self.name, self.log, self.gate = name, log, gate
@@ -125,8 +125,8 @@ class Logger(ShardedActor):
 
 
 def test_a_busy_actor_does_not_starve_the_others_on_its_thread() -> None:
-    saved = ShardedActor.runtime
-    ShardedActor.runtime = ActorThreads(1)  # one thread: both actors share it
+    saved = PooledActor.runtime
+    PooledActor.runtime = ActorThreads(1)  # one thread: both actors share it
     try:
         log: list[str] = []
         gate = threading.Event()
@@ -153,7 +153,7 @@ def test_a_busy_actor_does_not_starve_the_others_on_its_thread() -> None:
         busy.stop()
         quiet.stop()
     finally:
-        ShardedActor.runtime = saved
+        PooledActor.runtime = saved
 
 
 def test_asks_are_answered_after_messages_told_before_them(runtime: ActorThreads) -> None:

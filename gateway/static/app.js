@@ -17,6 +17,8 @@ import { $, describeError, h, showMessage, STATE_LABELS } from "./ui.js";
 import { UploadDialog } from "./upload.js";
 
 const RESUME_REFUSED = new Set(["RESUME_TOO_OLD", "BAD_AFTER_SEQUENCE"]);
+// The server ended the subscription and said to resume with afterSequence (issue 16).
+const RESUME_ASKED = new Set(["SUBSCRIBER_TOO_SLOW"]);
 
 let token = storedToken();
 const client = new Client({
@@ -365,6 +367,10 @@ function isSnapshotEcho(open, event, state) {
 async function onWatchError(open, err) {
   if (current !== open) return;
   open.unwatch = null;
+  if (RESUME_ASKED.has(err.code)) {
+    watch(open); // from just below the highest sequence held, as after a reconnect
+    return;
+  }
   if (RESUME_REFUSED.has(err.code)) {
     feed.note("The server cannot replay from where this page left off: reloading the current state.");
     open.model.forgetSequences();
