@@ -29,7 +29,6 @@ from storage import queries
 from storage.retry import retrying
 
 STOPPED = "Execution stopped by user"
-GRAPH_LIKE = ("GraphNode", "MergeNode", "TransformNode", "CopyNode", "OutputNode")
 
 # Called with (project id, node id) before a node runs (tests hold a node there).
 NodeHook = Callable[[int, str], None]

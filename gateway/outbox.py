@@ -1,8 +1,8 @@
 """Per-connection backpressure: a connection's frames, written in the order produced.
 
 The Dispatcher (gateway/dispatcher.py) brings deliveries to the loop; an `Outbox` writes
-them. While a connection's socket accepts data, frames go straight to it
-(gateway/socket_writer.py). When its write buffer is full (the transport paused
+them. While a connection's socket accepts data, frames go straight to it (`SocketSink`,
+gateway/websockets_internals.py). When its write buffer is full (the transport paused
 writing), frames wait in the outbox's backlog until it drains; there at most `capacity`
 live frames per subscription may wait. When a new frame would exceed that, an undelivered
 older frame of the same node is dropped (only a node's latest state matters; the client
