@@ -1333,10 +1333,10 @@ def stage_split(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     """The server's own stage timings over a step, per change (µs) and per delivery (ms).
 
     persist: StateStore's group commit per change; publish: bus + hub route per change;
-    handover: a change's timestamp → its frames handed to the subscribers' outboxes (the
-    project actor's render, once per event per selection, included), mean. The client's
-    latency minus handover is the write and the socket. Empty for a server without these
-    metrics (the baseline).
+    handover: a change's timestamp → its frames queued for the event loop (the Dispatcher;
+    the project actor's render, once per event per selection, included), mean. The client's
+    latency minus handover is the wait for the loop's turn, the write and the socket. Empty
+    for a server without these metrics (the baseline).
     """
 
     def delta(name: str) -> float | None:
@@ -1372,7 +1372,7 @@ def format_stages(stages: dict[str, float]) -> str:
             f"publish+route {stages['publish_us_per_change']:g} µs/change"
         )
     if "handover_ms_mean" in stages:
-        parts.append(f"timestamp → outboxes {stages['handover_ms_mean']:g} ms mean")
+        parts.append(f"timestamp → dispatcher {stages['handover_ms_mean']:g} ms mean")
     if "loadgen_max_lag_ms" in stages:
         parts.append(f"load-generator lag max {stages['loadgen_max_lag_ms']:g} ms")
     return "; ".join(parts)

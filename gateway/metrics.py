@@ -48,7 +48,8 @@ class GatewayMetrics:
         self.actors.set_function(lambda: float(active_actors()))
         self.changes_handed_over = Counter(
             "planpulse_changes_handed_over",
-            "State changes handed to at least one subscriber's outbox (written after)",
+            "State changes queued for at least one subscriber (to the Dispatcher; the loop writes "
+            "them after)",
             registry=r,
         )
         self.frames_delivered = Counter(
@@ -79,7 +80,8 @@ class GatewayMetrics:
         self._observing = threading.Lock()
         self.handover_latency = Histogram(
             "planpulse_handover_latency_seconds",
-            "From a state change's timestamp to its frames handed to the subscribers' outboxes",
+            "From a state change's timestamp to its frames queued for the event loop (the "
+            "Dispatcher), on the project actor's thread: before the loop's turn and the write",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
