@@ -35,9 +35,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import orjson
-
 from gateway.protocol import (
+    _FORBIDDEN,
+    _INIT_TIMEOUT,
+    _INTERNAL_ERROR,
     Action,
     CloseCode,
     OperationCore,
@@ -46,6 +47,7 @@ from gateway.protocol import (
     State,
     StopOperation,
     _decode_object,
+    _dumps,
     _json_type,
     _quote,
 )
@@ -60,9 +62,6 @@ SUBPROTOCOL: Final = "graphql-ws"
 
 KEEPALIVE_TEXT: Final = '{"type":"ka"}'
 
-_FORBIDDEN: Final = "Forbidden"
-_INIT_TIMEOUT: Final = "Connection initialisation timeout"
-_INTERNAL_ERROR: Final = "Internal server error"
 _NORMAL: Final = "connection_terminate received"
 
 # Message types the server sends; a client sending one is confused, not malicious.
@@ -72,10 +71,6 @@ _SERVER_ONLY_TYPES: Final = frozenset(
 
 _DATA_PREFIX_HEAD: Final = b'{"type":"data","id":'
 _DATA_PREFIX_TAIL: Final = b',"payload":'
-
-
-def _dumps(message: dict[str, Any]) -> str:
-    return orjson.dumps(message).decode("utf-8")
 
 
 def _connection_error(message: str) -> Send:
@@ -265,23 +260,9 @@ class LegacyServerProtocol(OperationCore):
     # Decisions of the server
     # ----------------------------------------------------------------------------------------
 
-    def accept(self, payload: dict[str, Any] | None = None) -> list[Action]:
-        """Send ``connection_ack`` (and the first ``ka``), then start the held operations."""
-        if self._state is not State.AUTHENTICATING:
-            return []
-        ack: dict[str, Any] = {"type": "connection_ack"}
-        if payload is not None:
-            ack["payload"] = payload
-        try:
-            if payload is not None and not isinstance(payload, dict):
-                raise TypeError("the connection_ack payload must be an object")
-            text = _dumps(ack)
-        except Exception:  # accept() must not raise
-            return self._close(CloseCode.INTERNAL_ERROR, _INTERNAL_ERROR)
-        self._state = State.ACKNOWLEDGED
-        actions: list[Action] = [Send(text)]
-        if self._keepalive:
-            actions.append(Send(KEEPALIVE_TEXT))
+    def _acknowledged(self) -> list[Action]:
+        """After ``connection_ack``: the first ``ka``, then the operations held meanwhile."""
+        actions: list[Action] = [Send(KEEPALIVE_TEXT)] if self._keepalive else []
         held, self._held = self._held, {}
         for op in held.values():
             actions.extend(self._on_start(op))

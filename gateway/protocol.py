@@ -363,6 +363,33 @@ class OperationCore:
             quoted = json.dumps(id, ensure_ascii=True).encode("ascii")
         return cls._RESULT_PREFIX_HEAD + quoted + cls._RESULT_PREFIX_TAIL
 
+    def accept(self, payload: dict[str, Any] | None = None) -> list[Action]:
+        """The caller accepted the ``connection_init`` it was asked about: send ``connection_ack``.
+
+        ``payload`` (an object) goes in the ack's optional ``payload`` field; with ``None`` the
+        field is absent. Outside ``authenticating`` (no :class:`Authenticate` pending, or the
+        connection already closed, e.g. by the init timeout) this returns ``[]``. A payload
+        that is not a JSON-serialisable object closes with 4500 instead of raising. What a
+        core does once acknowledged follows the ack (:meth:`_acknowledged`).
+        """
+        if self._state is not State.AUTHENTICATING:
+            return []
+        ack: dict[str, Any] = {"type": "connection_ack"}
+        if payload is not None:
+            ack["payload"] = payload
+        try:
+            if payload is not None and not isinstance(payload, dict):
+                raise TypeError("the connection_ack payload must be an object")
+            text = _dumps(ack)
+        except Exception:  # accept() must not raise
+            return self._close(CloseCode.INTERNAL_ERROR, _INTERNAL_ERROR)
+        self._state = State.ACKNOWLEDGED
+        return [Send(text), *self._acknowledged()]
+
+    def _acknowledged(self) -> list[Action]:
+        """Actions right after ``connection_ack`` (none in graphql-transport-ws)."""
+        return []
+
     def _complete_text(self, id: str) -> str:
         raise NotImplementedError
 
@@ -517,28 +544,6 @@ class ServerProtocol(OperationCore):
     # ----------------------------------------------------------------------------------------
     # Decisions of the server
     # ----------------------------------------------------------------------------------------
-
-    def accept(self, payload: dict[str, Any] | None = None) -> list[Action]:
-        """The caller accepted the ``connection_init`` it was asked about: send ``connection_ack``.
-
-        ``payload`` (an object) goes in the ack's optional ``payload`` field; with ``None`` the
-        field is absent. Outside ``authenticating`` (no :class:`Authenticate` pending, or the
-        connection already closed, e.g. by the init timeout) this returns ``[]``. A payload
-        that is not a JSON-serialisable object closes with 4500 instead of raising.
-        """
-        if self._state is not State.AUTHENTICATING:
-            return []
-        ack: dict[str, Any] = {"type": "connection_ack"}
-        if payload is not None:
-            ack["payload"] = payload
-        try:
-            if payload is not None and not isinstance(payload, dict):
-                raise TypeError("the connection_ack payload must be an object")
-            text = _dumps(ack)
-        except Exception:  # accept() must not raise
-            return self._close(CloseCode.INTERNAL_ERROR, _INTERNAL_ERROR)
-        self._state = State.ACKNOWLEDGED
-        return [Send(text)]
 
     def reject(self, reason: str = _FORBIDDEN) -> list[Action]:
         """The caller refused the ``connection_init``: close with 4403 and ``reason``.
