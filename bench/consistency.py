@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench.databases import drop_database, fresh_database
 from bench.logcheck import NodeEvent, mismatch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,24 +92,6 @@ class Socket:
                 )
             else:
                 self.errors.append(message)
-
-
-def fresh_database(admin_url: str) -> tuple[str, str]:
-    """A new PostgreSQL database on the admin URL's server: (its SQLAlchemy URL, its name)."""
-    import psycopg
-
-    name = f"planpulse_consistency_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    return f"{base}/{name}", name
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:
@@ -259,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    database_url, name = fresh_database(args.pg_admin_url)
+    database_url, name = fresh_database(args.pg_admin_url, "planpulse_consistency")
     bus_url = f"{args.redis_url}?prefix=consistency{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix="planpulse-consistency-"))
     port = free_port()

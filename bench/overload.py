@@ -34,7 +34,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +41,7 @@ import orjson
 from sqlalchemy import Engine, create_engine, text
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench.databases import drop_database, fresh_database
 from bench.loadtest import PREPARE, Control, ServerUnderTest
 from bench.logcheck import NodeEvent, mismatch
 
@@ -248,24 +248,6 @@ def _last_sequence(engine: Engine, pid: int) -> int:
     return int(row[0]) if row else 0
 
 
-def fresh_database(admin_url: str) -> tuple[str, str]:
-    """A new PostgreSQL database on the admin URL's server: (its SQLAlchemy URL, its name)."""
-    import psycopg
-
-    name = f"planpulse_overload_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    return f"{base}/{name}", name
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 async def phase(
     name: str,
     server: ServerUnderTest,
@@ -323,7 +305,7 @@ async def phase(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     database_url, pg_name = None, None
     if args.postgres:
-        database_url, pg_name = fresh_database(args.postgres)
+        database_url, pg_name = fresh_database(args.postgres, "planpulse_overload")
     start_args = argparse.Namespace(server="planpulse", database_url=database_url, server_arg=[])
     server = await asyncio.to_thread(ServerUnderTest.start, start_args)
     assert server.workdir is not None

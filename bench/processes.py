@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from bench.databases import drop_database, fresh_database
 from bench.loadtest import cpu_seconds, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,27 +55,6 @@ SETUPS = {
     "gateway-1": Setup("gateway, 1 process (Redis bus)", 1, True),
     "gateway-2": Setup("gateway, 2 processes (Redis bus)", 2, True),
 }
-
-
-def _admin() -> str:
-    return PG_ADMIN.replace("postgresql+psycopg://", "postgresql://")
-
-
-def fresh_database() -> str:
-    import psycopg
-
-    name = f"ppbench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(_admin(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
-
-
-def drop_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(_admin(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class CpuSampler(threading.Thread):
@@ -152,7 +132,7 @@ def wait_ready(server: subprocess.Popen[bytes], port: int, setup: Setup, log: Pa
 
 
 def one_run(setup: Setup, rate: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    database = fresh_database()
+    database, database_name = fresh_database(PG_ADMIN, "ppbench")
     port = free_port()
     log = workdir / f"server-{uuid.uuid4().hex[:6]}.log"
     server = start_server(setup, database, port, log)
@@ -205,7 +185,7 @@ def one_run(setup: Setup, rate: int, args: argparse.Namespace, workdir: Path) ->
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-        drop_database(database)
+        drop_database(PG_ADMIN, database_name)
 
 
 def median(values: list[Any]) -> Any:
