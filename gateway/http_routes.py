@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from graphql import GraphQLError, OperationType
@@ -76,6 +76,14 @@ class HttpRoutes:
         ):
             return None
         return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+
+    async def _grant(self, request: HttpRequest) -> Any:
+        """The request's token checked on a worker thread (it reads the database)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.gateway.pool,
+            self.gateway.authenticate,
+            {"authorization": request.headers.get("Authorization")},
+        )
 
     async def _graphql_http(self, request: HttpRequest) -> HttpReply | HttpStream:
         """GraphQL over HTTP (gateway/graphql_http.py): same auth, limits, origins as WS.
@@ -147,11 +155,7 @@ class HttpRoutes:
         if isinstance(params, gh.HttpAnswer):
             return refuse(params)
         loop = asyncio.get_running_loop()
-        grant = await loop.run_in_executor(
-            self.gateway.pool,
-            self.gateway.authenticate,
-            {"authorization": request.headers.get("Authorization")},
-        )
+        grant = await self._grant(request)
         if grant is None:
             return refuse(_unauthorized(gh.JSON))
         headers = cors + [
@@ -236,11 +240,7 @@ class HttpRoutes:
         if isinstance(params, gh.HttpAnswer):
             return params
         loop = asyncio.get_running_loop()
-        grant = await loop.run_in_executor(
-            self.gateway.pool,
-            self.gateway.authenticate,
-            {"authorization": request.headers.get("Authorization")},
-        )
+        grant = await self._grant(request)
         if grant is None:
             return _unauthorized(media)
         prepared = gh.prepare(self.gateway.documents, params, request.method, media)
