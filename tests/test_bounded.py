@@ -33,6 +33,7 @@ from gateway.outbox import Outbox
 from gateway.server import GatewayConfig
 from gateway.subscriber import SubscriptionMailbox  # noqa: I001 - after the test helpers
 from storage import queries
+from tests.db_faults import DatabaseFault, reads_of_the_log
 from tests.helpers import subscriber_count, wait_until
 from tests.test_delivery import collect_until, project_with_sources
 from tests.test_mailbox import Selection, Sink, decode, items, prefix
@@ -110,6 +111,64 @@ def test_a_long_replay_is_paged_as_the_socket_drains(
         await client.close()
 
     run(scenario())
+    wait_until(lambda: subscriber_count(server, pid) == 0)
+
+
+def test_a_replay_whose_next_page_cannot_be_read_tells_where_to_resume(
+    start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database goes away between two pages of a resume: the watcher gets an `error`
+    naming the afterSequence just after the last frame it got, and resuming there gives
+    the rest, nothing missed, nothing twice."""
+    page = 10
+    monkeypatch.setattr(project_module, "REPLAY_PAGE", page)
+    server = start_server()
+    pid, sources = project_with_sources(server, 7)
+    store = server.app.store
+    big = "x" * 40_000
+    total = 300
+    for i in range(total):
+        server.app.bus.publish(store.data_source_failed(sources[i % len(sources)], big))
+    last = _last(server, pid)
+    first = last - total
+    fault = DatabaseFault(server.app.db.engine)
+
+    async def scenario() -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        sock.connect(("127.0.0.1", server.port))
+        client = await RawClient.open(server.url, max_size=None, sock=sock)
+        await client.init()
+        client.ws.transport.pause_reading()
+        await client.subscribe("r", SUBSCRIPTION, {"projectId": pid, "after": first})
+        (connection,) = server.app.gateway.connections
+        await asyncio.to_thread(wait_until, lambda: connection.outbox.backlog_length > 0, 20)
+        assert (await asyncio.to_thread(_actor_stats, server, pid))["replaying"] == 1
+        fault.arm(reads_of_the_log)  # the next page's read fails, and its retries
+        client.ws.transport.resume_reading()
+        got: list[int] = []
+        while True:
+            message = await client.recv(timeout=20)
+            assert message.get("id") == "r", message
+            if message["type"] == "error":
+                break
+            got.append(message["payload"]["data"]["nodeExecutionStatusChanged"]["sequence"])
+        (detail,) = message["payload"]
+        assert got == list(range(first + 1, first + 1 + len(got))), "in order, no gap"
+        assert len(got) < total, "the fault came before the replay's end"
+        assert detail["extensions"]["afterSequence"] == got[-1], detail
+        assert f"afterSequence: {got[-1]}" in detail["message"], detail
+        fault.disarm()
+        await client.subscribe("r2", SUBSCRIPTION, {"projectId": pid, "after": got[-1]})
+        rest = await collect_until(client, "r2", last)
+        assert rest == list(range(got[-1] + 1, last + 1)), "the rest, once, in order"
+        await client.close()
+
+    try:
+        run(scenario())
+    finally:
+        fault.remove()
+    assert fault.hits > 0
     wait_until(lambda: subscriber_count(server, pid) == 0)
 
 
