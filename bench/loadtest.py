@@ -221,6 +221,37 @@ def rate_list(text: str) -> list[int]:
 # --- the server under test ------------------------------------------------------------------
 
 
+def loadtest_command(
+    run_py: str | Path,
+    *,
+    connections: int,
+    projects: int,
+    subscriptions: int,
+    rate: int,
+    seconds: float,
+    extra: list[str] | tuple[str, ...] = (),
+) -> list[str]:
+    """The `run.py loadtest` command line of one F-shaped step (the bench scripts that run
+    a load test as a child: bench/profile.py, side_by_side.py, processes.py)."""
+    return [
+        sys.executable,
+        str(run_py),
+        "loadtest",
+        "--connections",
+        str(connections),
+        "--projects",
+        str(projects),
+        "--subscriptions",
+        str(subscriptions),
+        "--rate",
+        str(rate),
+        "--seconds",
+        str(seconds),
+        "--quiet",
+        *extra,
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from bench.databases import drop_database, fresh_database
-from bench.loadtest import cpu_seconds, free_port
+from bench.loadtest import cpu_seconds, free_port, loadtest_command
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("PLANPULSE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -140,25 +140,15 @@ def one_run(setup: Setup, rate: int, args: argparse.Namespace, workdir: Path) ->
         pids = wait_ready(server, port, setup, log)
         sampler = CpuSampler(pids)
         sampler.start()
-        command = [
-            sys.executable,
-            str(ROOT / "run.py"),
-            "loadtest",
-            "--url",
-            f"ws://127.0.0.1:{port}/graphql",
-            "--connections",
-            str(args.connections),
-            "--projects",
-            str(args.projects),
-            "--subscriptions",
-            str(args.subscriptions),
-            "--rate",
-            str(rate),
-            "--seconds",
-            str(args.seconds),
-            "--json",
-            "--quiet",
-        ]
+        command = loadtest_command(
+            ROOT / "run.py",
+            connections=args.connections,
+            projects=args.projects,
+            subscriptions=args.subscriptions,
+            rate=rate,
+            seconds=args.seconds,
+            extra=["--url", f"ws://127.0.0.1:{port}/graphql", "--json"],
+        )
         done = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=600)
         sampler.stopping.set()
         report = orjson.loads(done.stdout)

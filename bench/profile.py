@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from bench.loadtest import ROOT, ServerUnderTest
+from bench.loadtest import ROOT, ServerUnderTest, loadtest_command
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 
@@ -263,26 +263,15 @@ def record(args: argparse.Namespace, raw: Path) -> int:
     try:
         assert server.pid is not None
         loadtest = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "run.py"),
-                "loadtest",
-                "--url",
-                server.url,
-                "--server-pid",
-                str(server.pid),
-                "--connections",
-                str(args.connections),
-                "--projects",
-                str(args.projects),
-                "--subscriptions",
-                str(args.subscriptions),
-                "--rate",
-                str(args.rate),
-                "--seconds",
-                str(args.seconds),
-                "--quiet",
-            ],
+            loadtest_command(
+                ROOT / "run.py",
+                connections=args.connections,
+                projects=args.projects,
+                subscriptions=args.subscriptions,
+                rate=args.rate,
+                seconds=args.seconds,
+                extra=["--url", server.url, "--server-pid", str(server.pid)],
+            ),
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.PIPE,

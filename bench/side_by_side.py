@@ -18,30 +18,23 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 from typing import Any
+
+from bench.loadtest import loadtest_command
 
 FIELDS = ("p99", "server_cpu", "other_cpu", "kib_per_conn", "lost", "closed", "deliveries_per_s")
 
 
 def run_once(tree: str, bare: bool, server_args: list[str], args: argparse.Namespace) -> dict:
-    command = [
-        sys.executable,
+    command = loadtest_command(
         "run.py",
-        "loadtest",
-        "--connections",
-        str(args.connections),
-        "--projects",
-        str(args.projects),
-        "--subscriptions",
-        str(args.subscriptions),
-        "--rate",
-        str(args.rate),
-        "--seconds",
-        str(args.seconds),
-        "--json",
-        "--quiet",
-    ]
+        connections=args.connections,
+        projects=args.projects,
+        subscriptions=args.subscriptions,
+        rate=args.rate,
+        seconds=args.seconds,
+        extra=["--json"],
+    )
     if bare:
         command += ["--server", "baseline"]
     command += [f"--server-arg={arg}" for arg in server_args]
