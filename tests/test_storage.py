@@ -626,6 +626,31 @@ def test_group_commit_writes_events_sources_and_counters(db: Database) -> None:
         group_commit.record_data_source_states(s, [(9999, a, state("active", True))], now)
 
 
+def test_group_commit_keeps_any_text_of_a_state_exactly(db: Database) -> None:
+    """Quotes, backslashes, non-ASCII and control characters in a state survive the
+    batch's own serialisation (orjson, handed to the driver without SQLAlchemy)."""
+    pid = new_project(db)
+    source = new_source(db, pid)
+    tricky = 'a "quoted" \\ back\\slash, ünïcødé ✓, a newline\nand a tab\t'
+    payload = {
+        "dataSourceId": source,
+        "filename": "f.csv",
+        "status": "error",
+        "processedAt": None,
+        "executionState": "error",
+        "errorMessage": tricky,
+    }
+    now = datetime(2026, 12, 4, 5, 0, 0, tzinfo=UTC)
+    with db.write() as s:
+        group_commit.record_data_source_states(s, [(pid, source, payload)], now)
+    with db.read() as s:
+        event = s.scalars(select(ExecutionEvent).where(ExecutionEvent.project_id == pid)).one()
+        assert event.payload == payload
+        row = s.get(DataSource, source)
+        assert row is not None
+        assert (row.error_message, row.status, row.processed_at) == (tricky, "error", None)
+
+
 def as_utc(moment: datetime) -> datetime:
     """SQLite gives naive UTC datetimes back, PostgreSQL aware ones in the session's zone."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
