@@ -1357,6 +1357,10 @@ STAGE_METRICS = (
     "planpulse_loadgen_max_lag_seconds",
     "planpulse_handover_latency_seconds_sum",
     "planpulse_handover_latency_seconds_count",
+    "planpulse_dispatcher_bursts_total",
+    "planpulse_dispatcher_burst_deliveries_total",
+    "planpulse_dispatcher_wait_seconds_total",
+    "planpulse_dispatcher_burst_seconds_total",
 )
 
 
@@ -1365,9 +1369,10 @@ def stage_split(before: dict[str, float], after: dict[str, float]) -> dict[str, 
 
     persist: StateStore's group commit per change; publish: bus + hub route per change;
     handover: a change's timestamp → its frames queued for the event loop (the Dispatcher;
-    the project actor's render, once per event per selection, included), mean. The client's
-    latency minus handover is the wait for the loop's turn, the write and the socket. Empty
-    for a server without these metrics (the baseline).
+    the project actor's render, once per event per selection, included), mean. Then the
+    loop: the wait from a burst's wake-up to its run, and the burst itself (mean ms, and
+    µs of wall clock per delivery); the client's latency minus these is the socket and the
+    client. Empty for a server without these metrics (the baseline).
     """
 
     def delta(name: str) -> float | None:
@@ -1391,6 +1396,16 @@ def stage_split(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     if handed:
         total = delta("planpulse_handover_latency_seconds_sum") or 0.0
         out["handover_ms_mean"] = round(total / handed * 1e3, 2)
+    bursts = delta("planpulse_dispatcher_bursts_total")
+    if bursts:
+        deliveries = delta("planpulse_dispatcher_burst_deliveries_total") or 0.0
+        burst = delta("planpulse_dispatcher_burst_seconds_total") or 0.0
+        out["loop_wait_ms_mean"] = round(
+            (delta("planpulse_dispatcher_wait_seconds_total") or 0.0) / bursts * 1e3, 2
+        )
+        out["burst_ms_mean"] = round(burst / bursts * 1e3, 2)
+        out["burst_deliveries_mean"] = round(deliveries / bursts, 1)
+        out["burst_us_per_delivery"] = round(burst / deliveries * 1e6, 2) if deliveries else 0.0
     return out
 
 
@@ -1404,6 +1419,12 @@ def format_stages(stages: dict[str, float]) -> str:
         )
     if "handover_ms_mean" in stages:
         parts.append(f"timestamp → dispatcher {stages['handover_ms_mean']:g} ms mean")
+    if "burst_ms_mean" in stages:
+        parts.append(
+            f"loop: wake-up wait {stages['loop_wait_ms_mean']:g} ms, burst "
+            f"{stages['burst_ms_mean']:g} ms for {stages['burst_deliveries_mean']:g} deliveries "
+            f"({stages['burst_us_per_delivery']:g} µs each)"
+        )
     if "loadgen_max_lag_ms" in stages:
         parts.append(f"load-generator lag max {stages['loadgen_max_lag_ms']:g} ms")
     return "; ".join(parts)

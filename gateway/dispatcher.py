@@ -37,6 +37,27 @@ if TYPE_CHECKING:
 Delivery = tuple[Outbox, "SubscriptionMailbox | None", "Sequence[Item] | bytes", bool]
 
 
+class BurstTimings:
+    """Where a delivery's time goes on the event loop, summed over bursts (for /metrics and
+    the load test's report): `wait_seconds`, from a burst's wake-up being asked for to the
+    loop running it (the loop's turn, the GIL); `burst_seconds`, the burst itself (outboxes
+    and socket writes). Updated once per burst, on the loop, never per delivery."""
+
+    __slots__ = ("bursts", "deliveries", "wait_seconds", "burst_seconds")
+
+    def __init__(self) -> None:
+        self.bursts = 0
+        self.deliveries = 0
+        self.wait_seconds = 0.0
+        self.burst_seconds = 0.0
+
+    def add(self, waited: float, took: float, deliveries: int) -> None:
+        self.bursts += 1
+        self.deliveries += deliveries
+        self.wait_seconds += waited
+        self.burst_seconds += took
+
+
 class Dispatcher:
     """Carries deliveries from actor threads to the loop, one wake-up per burst.
 
@@ -57,11 +78,13 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._scheduled = False
         self._scheduled_at = 0.0  # when the pending run was asked for (the queue's age)
+        self._asked_at = 0.0  # when the pending run, or its continuation, was asked for
         self.max_waiting = max_waiting
         self._loop_thread = threading.get_ident()  # made on the loop (Gateway.dispatcher)
         self._room = threading.Condition(threading.Lock())
         self._blocked = 0  # producer threads waiting for room
         self.producer_waits = 0  # times an actor thread waited for room (a counter)
+        self.timings = BurstTimings()
 
     def submit(
         self,
@@ -93,7 +116,7 @@ class Dispatcher:
             if self._scheduled:
                 return
             self._scheduled = True
-            self._scheduled_at = time.monotonic()
+            self._scheduled_at = self._asked_at = time.monotonic()
         try:
             self._loop.call_soon_threadsafe(self._run)
         except RuntimeError:  # the loop is closed: the server has stopped
@@ -114,11 +137,14 @@ class Dispatcher:
                 self._blocked -= 1
 
     def _run(self) -> None:
+        started = time.monotonic()
         with self._lock:
             self._scheduled = False
+            asked_at = self._asked_at
         queue = self._queue
         touched: list[Outbox] = []
-        for _ in range(min(len(queue), self.BATCH)):
+        taken = min(len(queue), self.BATCH)
+        for _ in range(taken):
             outbox, subscription, what, replay = queue.popleft()
             if subscription is None:
                 outbox.put_frame(what)  # type: ignore[arg-type]
@@ -135,6 +161,7 @@ class Dispatcher:
                 written[counter] = written.get(counter, 0) + count
         for counter, count in written.items():
             counter(count)  # once per burst, not per socket write (prometheus locks)
+        self.timings.add(started - asked_at, time.monotonic() - started, taken)
         if self._blocked and len(queue) <= self.max_waiting // 2:
             with self._room:
                 self._room.notify_all()
@@ -143,6 +170,7 @@ class Dispatcher:
                 if self._scheduled:
                     return
                 self._scheduled = True
+                self._asked_at = time.monotonic()
             self._loop.call_soon(self._run)
 
     @property

@@ -117,6 +117,33 @@ class GatewayMetrics:
                 lambda: INBOX_COUNTS.left_out,
             )
         )
+        for name, doc, attr in (
+            ("planpulse_dispatcher_bursts", "Event-loop bursts that wrote deliveries", "bursts"),
+            (
+                "planpulse_dispatcher_burst_deliveries",
+                "Deliveries the Dispatcher's bursts handed to outboxes",
+                "deliveries",
+            ),
+            (
+                "planpulse_dispatcher_wait_seconds",
+                "Summed over bursts: from a burst's wake-up being asked for to the loop "
+                "running it (the loop's turn and the GIL)",
+                "wait_seconds",
+            ),
+            (
+                "planpulse_dispatcher_burst_seconds",
+                "Summed over bursts: the loop's time in a burst (outboxes, socket writes), "
+                "wall clock, waits for the GIL at each socket write included",
+                "burst_seconds",
+            ),
+        ):
+            r.register(
+                _CallbackCounter(
+                    name,
+                    doc,
+                    lambda a=attr: sum(getattr(d.timings, a) for d in _dispatchers(self.outboxes)),
+                )
+            )
         r.register(
             _CallbackCounter(
                 "planpulse_dispatcher_producer_waits",

@@ -220,4 +220,8 @@ def test_a_short_load_loses_nothing_duplicates_nothing_and_keeps_order(
     assert stages["changes"] == 400
     assert stages["persist_us_per_change"] > 0 and stages["publish_us_per_change"] > 0
     assert stages["handover_ms_mean"] >= 0
+    # the loop's share: every delivery went through a burst, each burst took some time
+    assert stages["burst_deliveries_mean"] >= 1 and stages["burst_ms_mean"] > 0
+    assert stages["loop_wait_ms_mean"] >= 0 and stages["burst_us_per_delivery"] > 0
     assert "persist" in format_report(report) and "µs/change" in format_report(report)
+    assert "loop: wake-up wait" in format_report(report)
